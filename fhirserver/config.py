@@ -1,0 +1,214 @@
+"""Settings: one typed object, read from the environment and validated with marshmallow.
+
+Every process (web, worker, CLI, tests) builds its settings here, so that the
+same variable means the same thing everywhere. Development defaults keep all
+state under ``var/`` so that ``make run`` works on a bare machine; production
+sets ``DATABASE_URL``, ``BROKER_URL``, ``SMTP_URL`` and the key variables.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from marshmallow import INCLUDE, Schema, ValidationError, validate, validates_schema
+from marshmallow import fields as mf
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_NOTIFY_BODY = (
+    "Hello,\n\nYou have a new secure message waiting in the patient portal of [OFFICE].\n"
+    "For your privacy the message is not included in this email. Please log in to read it:\n\n"
+    "[URL]\n\nIf you do not want these notices, reply to this email or call the office.\n"
+)
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names the variable, never its value."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    base_url: str = "http://127.0.0.1:8080"
+    broker_url: str = "filesystem://"
+    broker_folder: str = ""
+    smtp_url: str = "smtp://127.0.0.1:8025"
+    mail_from: str = "notify@practice.example"
+    office_name: str = "Our practice"
+    notify_subject: str = "You have a new secure message"
+    notify_body: str = DEFAULT_NOTIFY_BODY
+    secret_key: str = ""
+    # "kid:base64key,kid2:base64key"; the active key encrypts, every listed key decrypts.
+    encryption_keys: dict[str, bytes] = field(default_factory=dict)
+    active_key_id: str = ""
+    jwt_private_key_pem: str = ""
+    access_token_seconds: int = 3600
+    refresh_token_days: int = 90
+    session_idle_minutes: int = 15
+    session_absolute_hours: int = 12
+    login_max_failures_account: int = 5
+    login_max_failures_address: int = 20
+    login_window_seconds: int = 900
+    argon2_time_cost: int = 3
+    argon2_memory_kib: int = 65536
+    max_body_bytes: int = 1_048_576
+    # Secrets of our own first-party OAuth clients (the portal and the provider console).
+    portal_client_secret: str = ""
+    console_client_secret: str = ""
+    # Where the portal keeps its server-side sessions: filesystem:///path or redis://...
+    portal_session_url: str = ""
+    dev_mode: bool = False
+    celery_eager: bool = False
+    # "celery": enqueue a notification task after each commit that wrote outbox rows;
+    # "none": leave outbox rows to a worker's sweep (or to nobody: API tests).
+    notify_dispatch: str = "celery"
+    # Base of the exponential retry backoff of notification emails, in seconds.
+    notify_retry_backoff: int = 10
+
+    @property
+    def fhir_base(self) -> str:
+        return self.base_url.rstrip("/") + "/fhir"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    def with_(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+
+class _EnvSchema(Schema):
+    """Validates the raw strings of the environment before they become Settings."""
+
+    class Meta:
+        unknown = INCLUDE
+
+    DATABASE_URL = mf.String(required=True, validate=validate.Regexp(r"^(sqlite|postgresql)(\+\w+)?://"))
+    BASE_URL = mf.Url(require_tld=False, schemes={"http", "https"})
+    BROKER_URL = mf.String(validate=validate.Regexp(r"^(filesystem|redis|memory|amqp|sqla\+\w+)://"))
+    SMTP_URL = mf.String(validate=validate.Regexp(r"^smtps?://"))
+    MAIL_FROM = mf.Email()
+    ACCESS_TOKEN_SECONDS = mf.Integer(validate=validate.Range(min=60, max=3600))
+    SESSION_IDLE_MINUTES = mf.Integer(validate=validate.Range(min=1, max=120))
+    MAX_BODY_BYTES = mf.Integer(validate=validate.Range(min=1024))
+    ENCRYPTION_KEYS = mf.String()
+    NOTIFY_BODY = mf.String()
+    NOTIFY_DISPATCH = mf.String(validate=validate.OneOf(["celery", "none"]))
+    NOTIFY_RETRY_BACKOFF = mf.Integer(validate=validate.Range(min=1, max=600))
+
+    @validates_schema
+    def _check(self, data: dict[str, Any], **_: Any) -> None:
+        body = data.get("NOTIFY_BODY")
+        if body is not None and "[URL]" not in body:
+            raise ValidationError("must contain the [URL] placeholder", "NOTIFY_BODY")
+
+
+def parse_keys(spec: str) -> dict[str, bytes]:
+    """Parse ``kid:base64,kid:base64`` into AES-256 keys; the first one is the active key."""
+    keys: dict[str, bytes] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        kid, _, b64 = part.partition(":")
+        try:
+            key = base64.b64decode(b64, validate=True)
+        except ValueError as exc:
+            raise SettingsError(f"ENCRYPTION_KEYS: key {kid!r} is not base64") from exc
+        if len(key) != 32 or not kid:
+            raise SettingsError(f"ENCRYPTION_KEYS: key {kid!r} must be 32 bytes with a key id")
+        keys[kid] = key
+    return keys
+
+
+def _dev_secret(var_dir: Path, name: str, make: Any) -> str:
+    """Create a development secret once under var/, so restarts keep sessions and data readable."""
+    path = var_dir / name
+    if not path.exists():
+        var_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(make())
+        path.chmod(0o600)
+    return path.read_text()
+
+
+def _new_rsa_pem() -> str:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+
+
+def load_settings(env: dict[str, str] | None = None, **overrides: Any) -> Settings:
+    """Build Settings from the environment; development secrets are generated under VAR_DIR."""
+    env = dict(os.environ if env is None else env)
+    var_dir = Path(env.get("VAR_DIR", ROOT / "var"))
+    env.setdefault("DATABASE_URL", f"sqlite:///{var_dir / 'fhirserver.db'}")
+    errors = _EnvSchema().validate(env)
+    if errors:
+        names = ", ".join(f"{k}: {'; '.join(map(str, v))}" for k, v in sorted(errors.items()))
+        raise SettingsError(f"invalid settings: {names}")
+
+    dev = env.get("FHIRSERVER_ENV", "development") == "development"
+
+    def secret(var: str, filename: str, make: Any) -> str:
+        if env.get(var):
+            return env[var]
+        if not dev:
+            raise SettingsError(f"{var} is required outside development")
+        return _dev_secret(var_dir, filename, make)
+
+    key_spec = secret(
+        "ENCRYPTION_KEYS", "encryption-keys", lambda: "dev1:" + base64.b64encode(os.urandom(32)).decode()
+    )
+    keys = parse_keys(key_spec)
+    pem = env.get("JWT_PRIVATE_KEY_PEM") or (
+        Path(env["JWT_PRIVATE_KEY_FILE"]).read_text() if env.get("JWT_PRIVATE_KEY_FILE") else ""
+    )
+    if not pem:
+        pem = secret("JWT_PRIVATE_KEY_PEM", "jwt-private-key.pem", _new_rsa_pem)
+    values: dict[str, Any] = {
+        "database_url": env["DATABASE_URL"],
+        "base_url": env.get("BASE_URL", "http://127.0.0.1:8080").rstrip("/"),
+        "broker_url": env.get("BROKER_URL", "filesystem://"),
+        "broker_folder": env.get("BROKER_FOLDER", str(var_dir / "broker")),
+        "smtp_url": env.get("SMTP_URL", "smtp://127.0.0.1:8025"),
+        "mail_from": env.get("MAIL_FROM", "notify@practice.example"),
+        "office_name": env.get("OFFICE_NAME", "Our practice"),
+        "notify_subject": env.get("NOTIFY_SUBJECT", "You have a new secure message"),
+        "notify_body": env.get("NOTIFY_BODY", DEFAULT_NOTIFY_BODY),
+        "secret_key": secret("SECRET_KEY", "secret-key", lambda: secrets.token_urlsafe(48)),
+        "encryption_keys": keys,
+        "active_key_id": env.get("ACTIVE_KEY_ID") or next(iter(keys)),
+        "jwt_private_key_pem": pem,
+        "portal_client_secret": secret(
+            "PORTAL_CLIENT_SECRET", "portal-client-secret", lambda: secrets.token_urlsafe(32)
+        ),
+        "console_client_secret": secret(
+            "CONSOLE_CLIENT_SECRET", "console-client-secret", lambda: secrets.token_urlsafe(32)
+        ),
+        "portal_session_url": env.get("PORTAL_SESSION_URL", f"filesystem://{var_dir / 'portal-sessions'}"),
+        "dev_mode": dev,
+        "celery_eager": env.get("CELERY_EAGER", "") == "1",
+        "notify_dispatch": env.get("NOTIFY_DISPATCH", "celery"),
+    }
+    ints = {
+        "access_token_seconds": "ACCESS_TOKEN_SECONDS",
+        "session_idle_minutes": "SESSION_IDLE_MINUTES",
+        "login_max_failures_account": "LOGIN_MAX_FAILURES_ACCOUNT",
+        "login_max_failures_address": "LOGIN_MAX_FAILURES_ADDRESS",
+        "login_window_seconds": "LOGIN_WINDOW_SECONDS",
+        "argon2_time_cost": "ARGON2_TIME_COST",
+        "argon2_memory_kib": "ARGON2_MEMORY_KIB",
+        "max_body_bytes": "MAX_BODY_BYTES",
+        "notify_retry_backoff": "NOTIFY_RETRY_BACKOFF",
+    }
+    for attr, var in ints.items():
+        if env.get(var):
+            values[attr] = int(env[var])
+    values.update(overrides)
+    known = {f.name for f in fields(Settings)}
+    return Settings(**{k: v for k, v in values.items() if k in known})

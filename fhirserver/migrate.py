@@ -1,0 +1,19 @@
+"""Run the one Alembic history against a database URL (used by the CLI, `make run` and tests)."""
+
+from __future__ import annotations
+
+from alembic import command
+from alembic.config import Config
+
+from fhirserver.config import ROOT
+
+
+def alembic_config(database_url: str) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(ROOT / "migrations"))
+    cfg.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
+    return cfg
+
+
+def upgrade(database_url: str, revision: str = "head") -> None:
+    command.upgrade(alembic_config(database_url), revision)

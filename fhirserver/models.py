@@ -1,0 +1,154 @@
+"""Tables of the FHIR store, its search index, WebMail read state and the notification outbox.
+
+Resources are stored as their JSON bytes (encrypted for Communication), current
+version in ``resource`` and every version in ``resource_version``. Search never
+parses stored JSON: it runs on the ``idx_*`` tables, written in the same
+transaction as the resource. One table per kind of search value keeps the indexes
+narrow and lets each kind have the SQL index that suits it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from fhirserver.db import Base
+
+TYPE_LEN = 64
+ID_LEN = 64
+
+
+class ResourceRow(Base):
+    """The current version of each resource (deleted ones stay, flagged, for history and 410)."""
+
+    __tablename__ = "resource"
+    res_type: Mapped[str] = mapped_column(String(TYPE_LEN), primary_key=True)
+    res_id: Mapped[str] = mapped_column(String(ID_LEN), primary_key=True)
+    version_id: Mapped[int] = mapped_column(Integer, nullable=False)
+    last_updated: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    deleted: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    # JSON bytes as served, or an AES-GCM envelope when key_id is set.
+    content: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    key_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+
+
+class ResourceVersionRow(Base):
+    """Every version ever written, including the current one and delete markers."""
+
+    __tablename__ = "resource_version"
+    res_type: Mapped[str] = mapped_column(String(TYPE_LEN), primary_key=True)
+    res_id: Mapped[str] = mapped_column(String(ID_LEN), primary_key=True)
+    version_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    last_updated: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    deleted: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    method: Mapped[str] = mapped_column(String(8), nullable=False)
+    content: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    key_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+
+
+class IdxString(Base):
+    """String search values, normalised (case and accents folded) for the default prefix match."""
+
+    __tablename__ = "idx_string"
+    pk: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    res_type: Mapped[str] = mapped_column(String(TYPE_LEN), nullable=False)
+    res_id: Mapped[str] = mapped_column(String(ID_LEN), nullable=False)
+    param: Mapped[str] = mapped_column(String(64), nullable=False)
+    value: Mapped[str] = mapped_column(String(255), nullable=False)
+    exact: Mapped[str] = mapped_column(String(255), nullable=False)
+    __table_args__ = (
+        Index("ix_idx_string_lookup", "res_type", "param", "value"),
+        Index("ix_idx_string_owner", "res_type", "res_id"),
+    )
+
+
+class IdxToken(Base):
+    __tablename__ = "idx_token"
+    pk: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    res_type: Mapped[str] = mapped_column(String(TYPE_LEN), nullable=False)
+    res_id: Mapped[str] = mapped_column(String(ID_LEN), nullable=False)
+    param: Mapped[str] = mapped_column(String(64), nullable=False)
+    system: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    code: Mapped[str] = mapped_column(String(255), nullable=False)
+    __table_args__ = (
+        Index("ix_idx_token_lookup", "res_type", "param", "code", "system"),
+        Index("ix_idx_token_owner", "res_type", "res_id"),
+    )
+
+
+class IdxReference(Base):
+    __tablename__ = "idx_reference"
+    pk: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    res_type: Mapped[str] = mapped_column(String(TYPE_LEN), nullable=False)
+    res_id: Mapped[str] = mapped_column(String(ID_LEN), nullable=False)
+    param: Mapped[str] = mapped_column(String(64), nullable=False)
+    target_type: Mapped[str] = mapped_column(String(TYPE_LEN), nullable=False)
+    target_id: Mapped[str] = mapped_column(String(ID_LEN), nullable=False)
+    __table_args__ = (
+        Index("ix_idx_reference_lookup", "res_type", "param", "target_type", "target_id"),
+        Index("ix_idx_reference_owner", "res_type", "res_id"),
+    )
+
+
+class IdxDate(Base):
+    """Date search values as the [low, high] instant range the FHIR value covers (UTC)."""
+
+    __tablename__ = "idx_date"
+    pk: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    res_type: Mapped[str] = mapped_column(String(TYPE_LEN), nullable=False)
+    res_id: Mapped[str] = mapped_column(String(ID_LEN), nullable=False)
+    param: Mapped[str] = mapped_column(String(64), nullable=False)
+    low: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    high: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    __table_args__ = (
+        Index("ix_idx_date_lookup", "res_type", "param", "low"),
+        Index("ix_idx_date_owner", "res_type", "res_id"),
+    )
+
+
+class ReadState(Base):
+    """Which user has read which WebMail message. Absence of a row means unread."""
+
+    __tablename__ = "webmail_read_state"
+    communication_id: Mapped[str] = mapped_column(String(ID_LEN), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # The reader's FHIR identity (Patient/x or Practitioner/y): the sender's "Read" turns on
+    # once any user of a recipient has read the message.
+    reader_ref: Mapped[str] = mapped_column(String(TYPE_LEN + ID_LEN + 1), nullable=False)
+    read_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    __table_args__ = (Index("ix_read_state_reader", "reader_ref", "communication_id"),)
+
+
+class OutboxRow(Base):
+    """A notification to send, written in the same transaction as the message it announces."""
+
+    __tablename__ = "outbox"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32), nullable=False)
+    communication_id: Mapped[str] = mapped_column(String(ID_LEN), nullable=False)
+    recipient_ref: Mapped[str] = mapped_column(String(TYPE_LEN + ID_LEN + 1), nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # When the worker expects to try again (set on a failed attempt, or when the sweep
+    # re-enqueues): the sweep only picks up rows whose retry is overdue.
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    message_id: Mapped[str] = mapped_column(String(255), nullable=False)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    __table_args__ = (
+        UniqueConstraint("kind", "communication_id", "recipient_ref", name="uq_outbox_once"),
+        Index("ix_outbox_status", "status", "created_at"),
+    )

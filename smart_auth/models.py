@@ -1,0 +1,119 @@
+"""Tables of accounts, OAuth clients and grants, browser sessions and login throttling.
+
+They share the one database (and its Alembic history) with the FHIR store, so that
+several app instances share sessions, throttle counters and refresh tokens.
+Secrets are stored only as hashes: passwords (argon2id), client secrets, codes,
+refresh tokens and session ids (SHA-256, since they are long random values).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Boolean, DateTime, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from fhirserver.db import Base
+
+ROLES = ("patient", "provider", "staff", "auditor", "admin")
+
+
+class UserAccount(Base):
+    __tablename__ = "user_account"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # Stored lower-cased: usernames are not case-sensitive.
+    username: Mapped[str] = mapped_column(String(150), nullable=False, unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255), nullable=False)
+    role: Mapped[str] = mapped_column(String(16), nullable=False)
+    # Patient/x for patients, Practitioner/y for providers; None for staff, auditor, admin.
+    fhir_user: Mapped[str | None] = mapped_column(String(140), nullable=True, index=True)
+    display_name: Mapped[str] = mapped_column(String(200), nullable=False, default="")
+    must_change_password: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    active: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    last_login_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class StaffAssignment(Base):
+    """A staff user works for these providers and sees their patients."""
+
+    __tablename__ = "staff_assignment"
+    user_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("user_account.id", ondelete="CASCADE"), primary_key=True
+    )
+    practitioner_ref: Mapped[str] = mapped_column(String(140), primary_key=True)
+
+
+class OAuthClient(Base):
+    __tablename__ = "oauth_client"
+    client_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    client_secret_hash: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    name: Mapped[str] = mapped_column(String(200), nullable=False)
+    redirect_uris: Mapped[str] = mapped_column(Text, nullable=False, default="[]")  # JSON list
+    scope: Mapped[str] = mapped_column(Text, nullable=False, default="")  # the most it may ask for
+    grant_types: Mapped[str] = mapped_column(Text, nullable=False, default='["authorization_code"]')
+    token_endpoint_auth_method: Mapped[str] = mapped_column(
+        String(40), nullable=False, default="client_secret_basic"
+    )
+    # First-party clients (our portal and console) skip the consent page.
+    first_party: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
+class AuthorizationCode(Base):
+    __tablename__ = "oauth_code"
+    code_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    client_id: Mapped[str] = mapped_column(String(100), nullable=False)
+    user_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    redirect_uri: Mapped[str] = mapped_column(Text, nullable=False)
+    scope: Mapped[str] = mapped_column(Text, nullable=False)
+    nonce: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    code_challenge: Mapped[str] = mapped_column(String(128), nullable=False)
+    code_challenge_method: Mapped[str] = mapped_column(String(10), nullable=False)
+    launch_patient: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    auth_time: Mapped[int] = mapped_column(Integer, nullable=False)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    used: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+
+
+class RefreshToken(Base):
+    __tablename__ = "oauth_refresh_token"
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    client_id: Mapped[str] = mapped_column(String(100), nullable=False)
+    user_id: Mapped[str] = mapped_column(String(64), nullable=False, index=True)
+    scope: Mapped[str] = mapped_column(Text, nullable=False)
+    launch_patient: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    issued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    revoked: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+
+
+class Consent(Base):
+    """Scopes a user granted to a third-party client (first-party clients need none)."""
+
+    __tablename__ = "oauth_consent"
+    user_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    client_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    scope: Mapped[str] = mapped_column(Text, nullable=False)
+    granted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
+class WebSession(Base):
+    """A browser session of the login server, kept server-side; the cookie holds only its id."""
+
+    __tablename__ = "web_session"
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    data: Mapped[str] = mapped_column(Text, nullable=False, default="{}")
+    user_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    __table_args__ = (Index("ix_web_session_last_seen", "last_seen_at"),)
+
+
+class LoginThrottle(Base):
+    """Failed-login counters per account and per network address (keys are hashed)."""
+
+    __tablename__ = "login_throttle"
+    key: Mapped[str] = mapped_column(String(80), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    window_start: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
