@@ -1,0 +1,204 @@
+"""Every authorization decision of the FHIR API, in one module, run before any query.
+
+Three questions, answered from the Principal alone (plus the index tables):
+
+1. May this principal perform this interaction on this type at all? (scopes and role)
+   No -> 403 ``forbidden``.
+2. Which rows of this type may it see? A list of SQL conditions on ``resource``
+   that every read, search, history and count ANDs into its query. A resource
+   outside them is answered 404, exactly as if it did not exist.
+3. May it write this content? The resource as it will be stored must lie inside what
+   the principal could read afterwards (so nobody creates records they then cannot
+   see, or moves a record out of someone's reach and into their own).
+
+The rules:
+- patients: their own Patient, and the Communications whose subject, sender or
+  recipient is their Patient (the R4 patient compartment for Communication);
+- providers: the Patients whose generalPractitioner is them, all the Communications
+  about those patients, and every Communication they sent or received;
+- staff: what the providers they work for see;
+- auditors: AuditEvents only; admins: no PHI (directory resources only);
+- everyone signed in may read the directory (Practitioner, Organization): names of
+  the practice's providers are not PHI and patients need them to address mail;
+- ``patient/`` scopes further confine a principal to the compartment of the patient
+  in launch context.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, exists, false, or_, select
+
+from fhirserver.core.errors import FhirError, forbidden
+from fhirserver.core.principal import Principal
+from fhirserver.models import IdxReference, ResourceRow
+
+PHI_TYPES = frozenset({"Patient", "Communication"})
+DIRECTORY_TYPES = frozenset({"Practitioner", "Organization"})
+AUDIT_TYPES = frozenset({"AuditEvent"})
+COMMUNICATION_PATIENT_PARAMS = ("subject", "sender", "recipient")
+COMMUNICATION_PARTY_PARAMS = ("sender", "recipient")
+# Interactions on AuditEvent other than reading are never allowed through the API.
+READ_PERMS = frozenset({"r", "s"})
+
+
+def _split(ref: str | None) -> tuple[str, str] | None:
+    if not ref or "/" not in ref:
+        return None
+    t, i = ref.split("/", 1)
+    return t, i
+
+
+def check_interaction(p: Principal, res_type: str, perm: str) -> None:
+    """Raise 403 (or 405 for AuditEvent writes) unless role and scopes allow ``perm`` on ``res_type``."""
+    if res_type in AUDIT_TYPES and perm not in READ_PERMS:
+        raise FhirError(405, "not-supported", "AuditEvents are written by the server only")
+    if p.is_system:
+        return
+    if res_type in AUDIT_TYPES and p.role != "auditor":
+        raise forbidden("Only auditors may read AuditEvents")
+    if p.role == "auditor" and res_type not in AUDIT_TYPES:
+        raise forbidden("Auditors may read AuditEvents only")
+    if p.role == "admin" and res_type in PHI_TYPES:
+        raise forbidden("Administrators have no access to patient data")
+    if res_type in DIRECTORY_TYPES and perm not in READ_PERMS and p.role != "admin":
+        raise forbidden("Only administrators maintain the directory")
+    if p.role == "patient" and res_type == "Patient" and perm in ("c", "d"):
+        raise forbidden("Patients cannot create or delete patient records")
+    contexts = p.scopes.contexts_for(res_type, perm)
+    if not contexts:
+        raise forbidden(f"The access token does not grant this interaction on {res_type}")
+    if contexts == {"patient"} and not _patient_context(p):
+        raise forbidden("patient/ scopes need a patient in context")
+
+
+def _patient_context(p: Principal) -> str | None:
+    if p.patient:
+        return p.patient
+    if p.role == "patient":
+        ref = _split(p.fhir_user)
+        return ref[1] if ref and ref[0] == "Patient" else None
+    return None
+
+
+def _ref_exists(res_type: str, params: tuple[str, ...], target_type: str, target_ids: Any) -> ColumnElement[bool]:
+    """Rows of ``res_type`` that point at one of the targets through one of ``params``."""
+    cond = [
+        IdxReference.res_type == res_type,
+        IdxReference.res_id == ResourceRow.res_id,
+        IdxReference.param.in_(params) if len(params) > 1 else IdxReference.param == params[0],
+        IdxReference.target_type == target_type,
+    ]
+    if isinstance(target_ids, str):
+        cond.append(IdxReference.target_id == target_ids)
+    else:
+        cond.append(IdxReference.target_id.in_(target_ids))
+    return exists(select(IdxReference.pk).where(*cond))
+
+
+def _patients_of(practitioner_ids: list[str]) -> Any:
+    """A subquery of the ids of the Patients whose primary provider is one of these practitioners."""
+    return select(IdxReference.res_id).where(
+        IdxReference.res_type == "Patient",
+        IdxReference.param == "general-practitioner",
+        IdxReference.target_type == "Practitioner",
+        IdxReference.target_id.in_(practitioner_ids),
+    )
+
+
+def _care_practitioners(p: Principal) -> list[str]:
+    if p.role == "provider":
+        ref = _split(p.fhir_user)
+        return [ref[1]] if ref and ref[0] == "Practitioner" else []
+    if p.role == "staff":
+        return [r[1] for r in map(_split, p.staff_of) if r and r[0] == "Practitioner"]
+    return []
+
+
+def _role_conditions(p: Principal, res_type: str) -> list[ColumnElement[bool]]:
+    if p.is_system or res_type in DIRECTORY_TYPES or res_type in AUDIT_TYPES:
+        return []
+    if p.role == "patient":
+        pid = _patient_context(p)
+        return _patient_compartment(res_type, pid) if pid else [false()]
+    pracs = _care_practitioners(p)
+    if not pracs:
+        return [false()]
+    if res_type == "Patient":
+        return [ResourceRow.res_id.in_(_patients_of(pracs))]
+    if res_type == "Communication":
+        return [or_(
+            _ref_exists("Communication", COMMUNICATION_PARTY_PARAMS, "Practitioner", pracs),
+            _ref_exists("Communication", ("subject",), "Patient", _patients_of(pracs)),
+        )]
+    return [false()]
+
+
+def _patient_compartment(res_type: str, pid: str) -> list[ColumnElement[bool]]:
+    if res_type == "Patient":
+        return [ResourceRow.res_id == pid]
+    if res_type == "Communication":
+        return [_ref_exists("Communication", COMMUNICATION_PATIENT_PARAMS, "Patient", pid)]
+    return []
+
+
+def row_conditions(p: Principal, res_type: str, perm: str = "r") -> list[ColumnElement[bool]]:
+    """The SQL conditions on ``resource`` that confine reads and searches to the grant."""
+    conds = _role_conditions(p, res_type)
+    if not p.is_system and p.role != "patient" and res_type in PHI_TYPES:
+        contexts = p.scopes.contexts_for(res_type, perm)
+        if contexts == {"patient"}:
+            pid = _patient_context(p)
+            conds = conds + (_patient_compartment(res_type, pid) if pid else [false()])
+    return conds
+
+
+def can_see(session: Any, p: Principal, res_type: str, res_id: str, perm: str = "r") -> bool:
+    """Whether the current row of ``res_type/res_id`` lies inside the grant (one indexed query)."""
+    conds = row_conditions(p, res_type, perm)
+    if not conds:
+        return True
+    stmt = select(ResourceRow.res_id).where(
+        ResourceRow.res_type == res_type, ResourceRow.res_id == res_id, and_(*conds)
+    )
+    return session.execute(stmt).first() is not None
+
+
+def _refs(data: dict[str, Any], key: str) -> list[str]:
+    value = data.get(key)
+    items = value if isinstance(value, list) else [value] if value else []
+    return [i["reference"] for i in items if isinstance(i, dict) and isinstance(i.get("reference"), str)]
+
+
+def content_in_grant(p: Principal, res_type: str, res_id: str, data: dict[str, Any]) -> bool:
+    """Whether a resource with this content would be visible to ``p`` (checked before a write)."""
+    if p.is_system or res_type in DIRECTORY_TYPES:
+        return True
+    pid = _patient_context(p) if (p.role == "patient" or p.patient) else None
+    patient_only = p.role == "patient" or (
+        res_type in PHI_TYPES and p.scopes.contexts_for(res_type, "c") | p.scopes.contexts_for(res_type, "u")
+        == {"patient"}
+    )
+    if res_type == "Patient":
+        in_patient = pid is not None and res_id == pid
+        if p.role == "patient":
+            return in_patient
+        pracs = {f"Practitioner/{x}" for x in _care_practitioners(p)}
+        in_care = bool(pracs & set(_refs(data, "generalPractitioner")))
+        return in_care and (in_patient if patient_only else True)
+    if res_type == "Communication":
+        parties = set(_refs(data, "sender")) | set(_refs(data, "recipient"))
+        subject = set(_refs(data, "subject"))
+        if patient_only:
+            return pid is not None and f"Patient/{pid}" in (parties | subject)
+        pracs = {f"Practitioner/{x}" for x in _care_practitioners(p)}
+        # A provider's own messages are always theirs; messages about a patient are checked
+        # against the patient's primary providers by the WebMail rules (they need a read).
+        return bool(pracs & parties) or bool(subject)
+    return False
+
+
+def require_content_in_grant(p: Principal, res_type: str, res_id: str, data: dict[str, Any]) -> None:
+    if not content_in_grant(p, res_type, res_id, data):
+        raise forbidden("The resource would lie outside what this user may access")

@@ -1,0 +1,90 @@
+"""The CapabilityStatement, generated from what really works: the routing table,
+the search parameter registry, the operation registry and the served types.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fhirserver.config import Settings
+from fhirserver.core import interactions
+from fhirserver.core.repository import NON_DELETABLE, NON_UPDATABLE
+from fhirserver.core.validation import SERVED_TYPES
+
+OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
+SOFTWARE_VERSION = "0.1.0"
+
+
+def _interactions(res_type: str) -> list[dict[str, str]]:
+    if res_type == "AuditEvent":
+        codes = ["read", "vread", "history-instance", "search-type"]
+    else:
+        codes = ["read", "vread", "history-instance", "create", "search-type"]
+        if res_type not in NON_UPDATABLE:
+            codes.append("update")
+        if res_type not in NON_DELETABLE:
+            codes.append("delete")
+    return [{"code": c} for c in codes]
+
+
+def _search_params(res_type: str) -> list[dict[str, str]]:
+    from fhirserver.search.params import REGISTRY
+
+    out = []
+    for name, sp in sorted(REGISTRY.get(res_type, {}).items()):
+        out.append({"name": name, "type": sp.type})
+    return out
+
+
+def _operations(res_type: str) -> list[dict[str, str]]:
+    names = sorted({name for (rtype, name, _level) in interactions.OPERATIONS if rtype == res_type})
+    return [{"name": n.lstrip("$"), "definition": f"http://fhir-webmail.example/OperationDefinition/"
+             f"{res_type}-{n.lstrip('$')}"} for n in names]
+
+
+def capability_statement(settings: Settings) -> dict[str, Any]:
+    base = settings.base_url
+    resources = []
+    for rtype in SERVED_TYPES:
+        entry: dict[str, Any] = {
+            "type": rtype,
+            "interaction": _interactions(rtype),
+            "versioning": "versioned",
+            "readHistory": True,
+            "updateCreate": rtype not in ("AuditEvent", *NON_UPDATABLE),
+            "conditionalCreate": False,
+            "conditionalUpdate": False,
+            "conditionalDelete": "not-supported",
+            "searchParam": _search_params(rtype),
+        }
+        ops = _operations(rtype)
+        if ops:
+            entry["operation"] = ops
+        resources.append(entry)
+    return {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": "2026-11-25",
+        "kind": "instance",
+        "software": {"name": "fhir-webmail-server", "version": SOFTWARE_VERSION},
+        "implementation": {"description": "FHIR server with secure WebMail", "url": settings.fhir_base},
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json", "json"],
+        "rest": [{
+            "mode": "server",
+            "security": {
+                "cors": True,
+                "service": [{"coding": [{
+                    "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                    "code": "SMART-on-FHIR"}]}],
+                "extension": [{
+                    "url": OAUTH_URIS,
+                    "extension": [
+                        {"url": "authorize", "valueUri": f"{base}/auth/authorize"},
+                        {"url": "token", "valueUri": f"{base}/auth/token"},
+                    ],
+                }],
+            },
+            "resource": resources,
+        }],
+    }

@@ -1,0 +1,186 @@
+"""The handlers of the routing table: each takes a Call, uses the repository, returns a response.
+
+Resource bodies are served as the stored bytes; Bundles are assembled around them
+without re-serialising the resources.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
+
+from fhirserver.core.errors import FhirError
+from fhirserver.core.http import FhirResponse
+from fhirserver.core.repository import Stored, instant
+
+if TYPE_CHECKING:
+    from fhirserver.core.router import Call
+
+# (resource type, "$name", "type" | "instance") -> handler; filled by the modules that define operations.
+OPERATIONS: dict[tuple[str, str, str], Callable[[Call], FhirResponse]] = {}
+# res_type -> function(call, ids) -> {id: entry extension JSON}; decorates search entries.
+ENTRY_DECORATORS: dict[str, Callable[[Call, list[str]], dict[str, list[dict[str, Any]]]]] = {}
+
+
+def register_operation(res_type: str, name: str, level: str, fn: Callable[[Call], FhirResponse]) -> None:
+    OPERATIONS[(res_type, name, level)] = fn
+
+
+def _resource_headers(call: Call, stored: Stored) -> dict[str, str]:
+    return {
+        "ETag": stored.etag,
+        "Last-Modified": stored.last_updated.strftime("%a, %d %b %Y %H:%M:%S GMT"),
+        "Location": f"{call.request.base_url}/{stored.res_type}/{stored.res_id}/_history/{stored.version_id}",
+    }
+
+
+def patient_ref_of(res_type: str, res_id: str, data: dict[str, Any] | None) -> str | None:
+    """The patient a resource is about, for the audit record."""
+    if res_type == "Patient":
+        return f"Patient/{res_id}"
+    if res_type == "Communication" and data:
+        ref = (data.get("subject") or {}).get("reference")
+        if isinstance(ref, str) and ref.startswith("Patient/"):
+            return ref
+    return None
+
+
+def _note_patient(call: Call, stored: Stored) -> None:
+    data = stored.json() if stored.res_type == "Communication" else None
+    call.patient_ref = patient_ref_of(stored.res_type, stored.res_id, data)
+
+
+def capabilities(call: Call) -> FhirResponse:
+    from fhirserver.core.capability import capability_statement
+
+    return FhirResponse.json(200, capability_statement(call.settings))
+
+
+def read(call: Call) -> FhirResponse:
+    stored = call.repo.read(call.params["type"], call.params["id"])
+    _note_patient(call, stored)
+    headers = _resource_headers(call, stored)
+    headers.pop("Location")
+    return FhirResponse(200, stored.raw, headers)
+
+
+def vread(call: Call) -> FhirResponse:
+    stored = call.repo.vread(call.params["type"], call.params["id"], call.params["vid"])
+    _note_patient(call, stored)
+    headers = _resource_headers(call, stored)
+    headers.pop("Location")
+    return FhirResponse(200, stored.raw, headers)
+
+
+def create(call: Call) -> FhirResponse:
+    stored = call.repo.create(call.params["type"], call.request.body)
+    call.res_id = stored.res_id
+    _note_patient(call, stored)
+    return FhirResponse(201, stored.raw, _resource_headers(call, stored))
+
+
+def update(call: Call) -> FhirResponse:
+    stored, created = call.repo.update(
+        call.params["type"], call.params["id"], call.request.body, call.request.header("if-match")
+    )
+    _note_patient(call, stored)
+    return FhirResponse(201 if created else 200, stored.raw, _resource_headers(call, stored))
+
+
+def delete(call: Call) -> FhirResponse:
+    call.repo.delete(call.params["type"], call.params["id"])
+    if call.params["type"] == "Patient":
+        call.patient_ref = f"Patient/{call.params['id']}"
+    return FhirResponse(204)
+
+
+def _entries(parts: Iterable[bytes]) -> bytes:
+    return b"[" + b",".join(parts) + b"]"
+
+
+def history(call: Call) -> FhirResponse:
+    rtype, rid = call.params["type"], call.params["id"]
+    versions = call.repo.history(rtype, rid)
+    call.patient_ref = patient_ref_of(rtype, rid, next((v.json() for v in versions if v.raw), None))
+    base = call.request.base_url
+    parts = []
+    for v in versions:
+        url = f"{base}/{rtype}/{rid}".encode()
+        head = b'{"fullUrl":"' + url + b'"'
+        if v.deleted:
+            req = {"method": "DELETE", "url": f"{rtype}/{rid}"}
+            resp = {"status": "410 Gone", "lastModified": instant(v.last_updated)}
+            parts.append(head + b',"request":' + _j(req) + b',"response":' + _j(resp) + b"}")
+        else:
+            method = "POST" if v.version_id == 1 else "PUT"
+            req = {"method": method, "url": rtype if method == "POST" else f"{rtype}/{rid}"}
+            resp = {"status": "201 Created" if method == "POST" else "200 OK", "etag": v.etag,
+                    "lastModified": instant(v.last_updated)}
+            parts.append(head + b',"resource":' + v.raw + b',"request":' + _j(req)
+                         + b',"response":' + _j(resp) + b"}")
+    body = (b'{"resourceType":"Bundle","type":"history","total":' + str(len(versions)).encode()
+            + b',"entry":' + _entries(parts) + b"}")
+    return FhirResponse(200, body)
+
+
+def _j(data: Any) -> bytes:
+    return json.dumps(data, separators=(",", ":")).encode()
+
+
+def search_params(call: Call) -> list[tuple[str, str]]:
+    params = list(call.request.query)
+    if call.request.method == "POST":
+        ctype = (call.request.header("content-type") or "").split(";")[0].strip()
+        if ctype != "application/x-www-form-urlencoded":
+            raise FhirError(415, "not-supported", "POST _search takes application/x-www-form-urlencoded")
+        try:
+            params += parse_qsl(call.request.body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
+        except UnicodeDecodeError as exc:
+            raise FhirError(400, "invalid", "The search body is not UTF-8") from exc
+    return [(k, v) for k, v in params if k not in ("_format", "_pretty")]
+
+
+def search(call: Call) -> FhirResponse:
+    rtype = call.params["type"]
+    params = search_params(call)
+    call.query_names = [k for k, _ in params]
+    page = call.repo.search(rtype, params)
+    stored = [call.repo.to_stored(r) for r in page.rows]
+    if call.principal.patient or call.principal.role == "patient":
+        pid = call.principal.patient or (call.principal.fhir_user or "").split("/", 1)[-1]
+        call.patient_ref = f"Patient/{pid}"
+    decorate = ENTRY_DECORATORS.get(rtype)
+    extensions = decorate(call, [s.res_id for s in stored]) if decorate and stored else {}
+    base = call.request.base_url
+    parts = []
+    for s in stored:
+        entry = (b'{"fullUrl":"' + f"{base}/{rtype}/{s.res_id}".encode() + b'","resource":' + s.raw
+                 + b',"search":{"mode":"match"}')
+        if s.res_id in extensions:
+            entry += b',"extension":' + _j(extensions[s.res_id])
+        parts.append(entry + b"}")
+    links = [{"relation": "self", "url": f"{base}/{rtype}"}]
+    if page.next_cursor:
+        links.append({"relation": "next", "url": f"{base}/{rtype}?_cursor={page.next_cursor}"})
+    body = (b'{"resourceType":"Bundle","type":"searchset","link":' + _j(links)
+            + b',"entry":' + _entries(parts) + b"}")
+    return FhirResponse(200, body)
+
+
+def _operation(call: Call, level: str) -> FhirResponse:
+    key = (call.params["type"], call.params["op"], level)
+    fn = OPERATIONS.get(key)
+    if fn is None:
+        raise FhirError(404, "not-supported", f"Operation {call.params['op']} is not supported on this path")
+    call.operation = call.params["op"]
+    return fn(call)
+
+
+def type_operation(call: Call) -> FhirResponse:
+    return _operation(call, "type")
+
+
+def instance_operation(call: Call) -> FhirResponse:
+    return _operation(call, "instance")

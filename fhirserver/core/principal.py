@@ -1,0 +1,38 @@
+"""Who is asking: the verified identity and grant behind one request."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from smart_auth.scopes import ScopeSet
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Built by the web layer from a verified access token (or by the CLI for system work).
+
+    ``fhir_user`` is the user's own resource (``Patient/x`` or ``Practitioner/y``);
+    ``patient`` is the patient in launch context; ``staff_of`` lists the providers a
+    staff user works for. The authorization module decides everything from these.
+    """
+
+    role: str  # patient | provider | staff | auditor | admin | system
+    scopes: ScopeSet
+    user_id: str | None = None
+    fhir_user: str | None = None
+    client_id: str | None = None
+    patient: str | None = None
+    staff_of: tuple[str, ...] = ()
+    address: str | None = None
+    request_id: str | None = None
+    token_jti: str | None = None
+    purpose_of_use: str = field(default="TREAT")
+
+    @property
+    def is_system(self) -> bool:
+        return self.role == "system"
+
+
+def system_principal(reason: str = "system") -> Principal:
+    """The server itself (seeding, migrations, the worker): full access, audited as the server."""
+    return Principal(role="system", scopes=ScopeSet.parse("system/*.cruds"), client_id=reason)

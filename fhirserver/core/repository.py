@@ -1,0 +1,300 @@
+"""The repository: the only way to storage. Create, read, vread, update, delete, history, search.
+
+Every method authorizes first (fhirserver.core.access), so no caller can reach a row
+outside the principal's grant. Writes validate, run the type's write rules (the
+WebMail rules for Communication), store the bytes (encrypted for Communication),
+write the version row and the search index in the same transaction. The caller
+owns the transaction: it commits or rolls back.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from fhirserver.config import Settings
+from fhirserver.core import access
+from fhirserver.core.crypto import ENCRYPTED_TYPES, KeyRing
+from fhirserver.core.errors import FhirError, not_found
+from fhirserver.core.principal import Principal
+from fhirserver.core.validation import check_id, check_type, parse_json, validate_resource
+from fhirserver.models import ResourceRow, ResourceVersionRow
+
+NON_DELETABLE = {"Communication": "A sent message cannot be deleted (retraction comes later)"}
+NON_UPDATABLE = {"Communication": "A sent message cannot be changed"}
+
+
+@dataclass(frozen=True)
+class Stored:
+    res_type: str
+    res_id: str
+    version_id: int
+    last_updated: datetime
+    raw: bytes
+    deleted: bool = False
+
+    def json(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.raw)
+        return data
+
+    @property
+    def etag(self) -> str:
+        return f'W/"{self.version_id}"'
+
+
+@dataclass
+class WriteContext:
+    """What a type's write rules see: they may change ``data`` and raise FhirError."""
+
+    session: Session
+    settings: Settings
+    principal: Principal
+    res_type: str
+    res_id: str
+    data: dict[str, Any]
+    old: dict[str, Any] | None
+    read_any: Callable[[str, str], dict[str, Any] | None]
+    stored: Stored | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+WriteRule = Callable[[WriteContext], None]
+# res_type -> (before the write, after the write); filled by fhirserver.rules.
+BEFORE_WRITE: dict[str, list[WriteRule]] = {}
+AFTER_WRITE: dict[str, list[WriteRule]] = {}
+
+
+def register_rules(res_type: str, before: WriteRule | None = None, after: WriteRule | None = None) -> None:
+    if before and before not in BEFORE_WRITE.setdefault(res_type, []):
+        BEFORE_WRITE[res_type].append(before)
+    if after and after not in AFTER_WRITE.setdefault(res_type, []):
+        AFTER_WRITE[res_type].append(after)
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+def instant(dt: datetime) -> str:
+    return dt.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def dumps(data: dict[str, Any]) -> bytes:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def parse_etag(value: str) -> int:
+    v = value.strip()
+    if v.startswith("W/"):
+        v = v[2:]
+    v = v.strip('"')
+    if not v.isdigit():
+        raise FhirError(400, "invalid", "If-Match must be an ETag like W/\"3\"")
+    return int(v)
+
+
+class Repository:
+    def __init__(self, session: Session, settings: Settings, principal: Principal) -> None:
+        self.session = session
+        self.settings = settings
+        self.principal = principal
+        self.keys = KeyRing(settings.encryption_keys, settings.active_key_id)
+
+    # -- reading -----------------------------------------------------------------------
+    def _decode(self, row: ResourceRow | ResourceVersionRow) -> bytes:
+        if row.content is None:
+            return b""
+        if row.key_id:
+            return self.keys.decrypt(row.content, row.key_id, row.res_type, row.res_id, row.version_id)
+        return row.content
+
+    def to_stored(self, row: ResourceRow | ResourceVersionRow) -> Stored:
+        return Stored(row.res_type, row.res_id, row.version_id, row.last_updated, self._decode(row), row.deleted)
+
+    def _current(self, res_type: str, res_id: str, *, lock: bool = False) -> ResourceRow | None:
+        stmt = select(ResourceRow).where(ResourceRow.res_type == res_type, ResourceRow.res_id == res_id)
+        if lock:
+            stmt = stmt.with_for_update()
+        return self.session.execute(stmt).scalar_one_or_none()
+
+    def read_any(self, res_type: str, res_id: str) -> dict[str, Any] | None:
+        """Read without authorization, for rules that must check other records (never returned to users)."""
+        row = self._current(res_type, res_id)
+        if row is None or row.deleted:
+            return None
+        return self.to_stored(row).json()
+
+    def _visible_row(self, res_type: str, res_id: str, perm: str) -> ResourceRow:
+        check_type(res_type)
+        check_id(res_id)
+        access.check_interaction(self.principal, res_type, perm)
+        row = self._current(res_type, res_id)
+        if row is None or not access.can_see(self.session, self.principal, res_type, res_id, perm):
+            raise not_found(res_type, res_id)
+        return row
+
+    def read(self, res_type: str, res_id: str) -> Stored:
+        row = self._visible_row(res_type, res_id, "r")
+        if row.deleted:
+            raise FhirError(410, "deleted", f"{res_type}/{res_id} was deleted")
+        return self.to_stored(row)
+
+    def vread(self, res_type: str, res_id: str, version_id: str) -> Stored:
+        self._visible_row(res_type, res_id, "r")
+        if not version_id.isdigit():
+            raise FhirError(400, "invalid", "The version id must be a number")
+        row = self.session.get(ResourceVersionRow, (res_type, res_id, int(version_id)))
+        if row is None:
+            raise FhirError(404, "not-found", f"{res_type}/{res_id} has no version {version_id}")
+        if row.deleted:
+            raise FhirError(410, "deleted", f"Version {version_id} of {res_type}/{res_id} is a deletion")
+        return self.to_stored(row)
+
+    def history(self, res_type: str, res_id: str) -> list[Stored]:
+        self._visible_row(res_type, res_id, "r")
+        rows = self.session.execute(
+            select(ResourceVersionRow)
+            .where(ResourceVersionRow.res_type == res_type, ResourceVersionRow.res_id == res_id)
+            .order_by(ResourceVersionRow.version_id.desc())
+        ).scalars()
+        return [self.to_stored(r) for r in rows]
+
+    def search(self, res_type: str, params: list[tuple[str, str]]) -> Any:
+        """Run a search confined to the grant; returns fhirserver.search.query.SearchPage."""
+        from fhirserver.search.query import parse_search, run_search
+
+        check_type(res_type)
+        access.check_interaction(self.principal, res_type, "s")
+        req = parse_search(res_type, params, cursor_key=cursor_key(self.settings))
+        return run_search(self.session, req, access.row_conditions(self.principal, res_type, "s"))
+
+    def visible_ids(self, res_type: str, ids: list[str]) -> set[str]:
+        conds = access.row_conditions(self.principal, res_type)
+        stmt = select(ResourceRow.res_id).where(ResourceRow.res_type == res_type, ResourceRow.res_id.in_(ids), *conds)
+        return set(self.session.execute(stmt).scalars())
+
+    # -- writing -----------------------------------------------------------------------
+    def _context(self, res_type: str, res_id: str, data: dict[str, Any], old: dict[str, Any] | None) -> WriteContext:
+        return WriteContext(self.session, self.settings, self.principal, res_type, res_id, data, old,
+                            self.read_any)
+
+    def _store(self, ctx: WriteContext, version_id: int, method: str, row: ResourceRow | None) -> Stored:
+        from fhirserver.search.indexing import write_index
+
+        now = now_utc()
+        data = ctx.data
+        data["id"] = ctx.res_id
+        meta = dict(data.get("meta") or {})
+        meta["versionId"] = str(version_id)
+        meta["lastUpdated"] = instant(now)
+        data["meta"] = meta
+        validate_resource(ctx.res_type, data)
+        raw = dumps(data)
+        content, key_id = raw, None
+        if ctx.res_type in ENCRYPTED_TYPES:
+            content, key_id = self.keys.encrypt(raw, ctx.res_type, ctx.res_id, version_id)
+        if row is None:
+            row = ResourceRow(res_type=ctx.res_type, res_id=ctx.res_id)
+            self.session.add(row)
+        row.version_id, row.last_updated, row.deleted = version_id, now, False
+        row.content, row.key_id = content, key_id
+        self.session.add(ResourceVersionRow(res_type=ctx.res_type, res_id=ctx.res_id, version_id=version_id,
+                                            last_updated=now, deleted=False, method=method,
+                                            content=content, key_id=key_id))
+        self.session.flush()
+        # Index from the plaintext dict: encrypted elements have no search parameter.
+        write_index(self.session, ctx.res_type, ctx.res_id, data)
+        return Stored(ctx.res_type, ctx.res_id, version_id, now, raw)
+
+    def _run(self, rules: dict[str, list[WriteRule]], ctx: WriteContext) -> None:
+        for rule in rules.get(ctx.res_type, []):
+            rule(ctx)
+
+    def create(self, res_type: str, body: bytes | str | dict[str, Any], *, res_id: str | None = None) -> Stored:
+        check_type(res_type)
+        access.check_interaction(self.principal, res_type, "c")
+        data = parse_json(body)
+        if data.get("resourceType") != res_type:
+            raise FhirError(400, "invalid", f"resourceType must be {res_type}", ["resourceType"])
+        new_id = res_id or str(uuid.uuid4())
+        data.pop("id", None)
+        ctx = self._context(res_type, new_id, data, None)
+        validate_resource(res_type, {**data, "id": new_id})
+        self._run(BEFORE_WRITE, ctx)
+        access.require_content_in_grant(self.principal, res_type, new_id, ctx.data)
+        ctx.stored = self._store(ctx, 1, "POST", None)
+        self._run(AFTER_WRITE, ctx)
+        return ctx.stored
+
+    def update(self, res_type: str, res_id: str, body: bytes | str | dict[str, Any],
+               if_match: str | None = None) -> tuple[Stored, bool]:
+        check_type(res_type)
+        check_id(res_id)
+        if res_type in NON_UPDATABLE:
+            raise FhirError(405, "not-supported", NON_UPDATABLE[res_type])
+        data = parse_json(body)
+        if data.get("resourceType") != res_type:
+            raise FhirError(400, "invalid", f"resourceType must be {res_type}", ["resourceType"])
+        if data.get("id") != res_id:
+            raise FhirError(400, "invalid", "The id in the body must match the id in the URL", ["id"])
+        row = self._current(res_type, res_id, lock=True)
+        if row is None:
+            if if_match:
+                raise FhirError(412, "conflict", "If-Match given, but the resource does not exist")
+            return self.create(res_type, data, res_id=res_id), True
+        access.check_interaction(self.principal, res_type, "u")
+        if not access.can_see(self.session, self.principal, res_type, res_id, "u"):
+            raise not_found(res_type, res_id)
+        if if_match is not None and parse_etag(if_match) != row.version_id:
+            raise FhirError(412, "conflict", "The resource has changed since the version given in If-Match")
+        old = None if row.deleted else self.to_stored(row).json()
+        ctx = self._context(res_type, res_id, data, old)
+        validate_resource(res_type, data)
+        self._run(BEFORE_WRITE, ctx)
+        access.require_content_in_grant(self.principal, res_type, res_id, ctx.data)
+        ctx.stored = self._store(ctx, row.version_id + 1, "PUT", row)
+        self._run(AFTER_WRITE, ctx)
+        return ctx.stored, False
+
+    def delete(self, res_type: str, res_id: str) -> None:
+        from fhirserver.search.indexing import delete_index
+
+        check_type(res_type)
+        check_id(res_id)
+        access.check_interaction(self.principal, res_type, "d")
+        if res_type in NON_DELETABLE:
+            raise FhirError(405, "not-supported", NON_DELETABLE[res_type])
+        row = self._current(res_type, res_id, lock=True)
+        if row is None or not access.can_see(self.session, self.principal, res_type, res_id, "d"):
+            raise not_found(res_type, res_id)
+        if row.deleted:
+            return
+        now = now_utc()
+        row.version_id += 1
+        row.deleted, row.last_updated, row.content, row.key_id = True, now, None, None
+        self.session.add(ResourceVersionRow(res_type=res_type, res_id=res_id, version_id=row.version_id,
+                                            last_updated=now, deleted=True, method="DELETE",
+                                            content=None, key_id=None))
+        delete_index(self.session, res_type, res_id)
+        self.session.flush()
+
+
+def cursor_key(settings: Settings) -> bytes:
+    """A key for search cursors, derived from the app secret (never the data keys)."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"fhirserver search cursor").derive(
+        settings.secret_key.encode()
+    )
+
+
+# The domain rules (WebMail) always run: every process that writes goes through here.
+from fhirserver import rules as _rules  # noqa: E402,F401

@@ -1,0 +1,1 @@
+"""The thin Flask adapter over the FHIR core."""

@@ -1,0 +1,1 @@
+"""Secure WebMail: the Communication profile, its rules, read state, outbox and operations."""

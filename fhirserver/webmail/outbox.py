@@ -1,0 +1,41 @@
+"""The transactional outbox: a notification row written in the message's own transaction."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+
+from fhirserver.core.repository import WriteContext
+from fhirserver.models import OutboxRow
+from fhirserver.webmail import profile
+from fhirserver.webmail.profile import refs
+
+
+def message_id(communication_id: str, recipient_ref: str, mail_from: str) -> str:
+    """A stable Message-ID per (message, recipient): retries reuse it, so duplicates are recognisable."""
+    digest = hashlib.sha256(f"{communication_id}|{recipient_ref}".encode()).hexdigest()[:24]
+    domain = mail_from.rpartition("@")[2] or "localhost"
+    return f"<webmail-{digest}@{domain}>"
+
+
+def after_communication(ctx: WriteContext) -> None:
+    """Queue one email per patient recipient when a provider writes to a patient."""
+    sender = refs(ctx.data, "sender")
+    if not sender or not sender[0].startswith("Practitioner/"):
+        return
+    new_ids = ctx.session.info.setdefault("outbox_new", [])
+    for ref in dict.fromkeys(refs(ctx.data, "recipient")):
+        if not ref.startswith("Patient/"):
+            continue
+        row = OutboxRow(
+            kind=profile.NOTIFY_KIND,
+            communication_id=ctx.res_id,
+            recipient_ref=ref,
+            status="pending",
+            attempts=0,
+            created_at=datetime.now(UTC),
+            message_id=message_id(ctx.res_id, ref, ctx.settings.mail_from),
+        )
+        ctx.session.add(row)
+        ctx.session.flush()
+        new_ids.append(row.id)

@@ -1,0 +1,95 @@
+"""Read state per (message, user): marking, the live unread count, and read receipts.
+
+Absence of a row means unread. The unread count is a live, index-backed query (no
+cache), so it is exact the moment a message commits or is read.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import and_, delete, exists, func, select
+from sqlalchemy.orm import Session
+
+from fhirserver.models import IdxReference, IdxToken, ReadState, ResourceRow
+from fhirserver.webmail import profile
+
+
+def mark_read(session: Session, communication_id: str, user_id: str, reader_ref: str) -> None:
+    if session.get(ReadState, (communication_id, user_id)) is None:
+        session.add(ReadState(communication_id=communication_id, user_id=user_id, reader_ref=reader_ref,
+                              read_at=datetime.now(UTC)))
+        session.flush()
+
+
+def mark_unread(session: Session, communication_id: str, user_id: str) -> None:
+    session.execute(delete(ReadState).where(ReadState.communication_id == communication_id,
+                                            ReadState.user_id == user_id))
+
+
+def unread_count(session: Session, user_id: str, recipient_refs: list[str]) -> int:
+    """WebMail addressed to any of ``recipient_refs`` that this user has not read."""
+    if not recipient_refs:
+        return 0
+    targets = [r.split("/", 1) for r in recipient_refs]
+    by_type: dict[str, list[str]] = {}
+    for t, i in targets:
+        by_type.setdefault(t, []).append(i)
+    recipient_match = [
+        and_(IdxReference.target_type == t, IdxReference.target_id.in_(ids)) for t, ids in by_type.items()
+    ]
+    from sqlalchemy import or_
+
+    stmt = (
+        select(func.count(func.distinct(IdxReference.res_id)))
+        .where(
+            IdxReference.res_type == "Communication",
+            IdxReference.param == "recipient",
+            or_(*recipient_match),
+            exists(select(ResourceRow.res_id).where(
+                ResourceRow.res_type == "Communication",
+                ResourceRow.res_id == IdxReference.res_id,
+                ResourceRow.deleted.is_(False),
+            )),
+            exists(select(IdxToken.pk).where(
+                IdxToken.res_type == "Communication",
+                IdxToken.res_id == IdxReference.res_id,
+                IdxToken.param == "category",
+                IdxToken.code == profile.CATEGORY_CODE,
+                IdxToken.system == profile.CATEGORY_SYSTEM,
+            )),
+            exists(select(IdxToken.pk).where(
+                IdxToken.res_type == "Communication",
+                IdxToken.res_id == IdxReference.res_id,
+                IdxToken.param == "status",
+                IdxToken.code == "completed",
+            )),
+            ~exists(select(ReadState.user_id).where(
+                ReadState.communication_id == IdxReference.res_id,
+                ReadState.user_id == user_id,
+            )),
+        )
+    )
+    return int(session.execute(stmt).scalar_one())
+
+
+def read_receipts(session: Session, user_id: str | None, ids: list[str]) -> dict[str, tuple[bool, bool]]:
+    """For each message id: (read by this user, read by any user of one of its recipients)."""
+    if not ids:
+        return {}
+    mine: set[str] = set()
+    if user_id:
+        mine = set(session.execute(select(ReadState.communication_id).where(
+            ReadState.communication_id.in_(ids), ReadState.user_id == user_id)).scalars())
+    by_recipient = set(session.execute(
+        select(ReadState.communication_id).join(
+            IdxReference,
+            and_(
+                IdxReference.res_type == "Communication",
+                IdxReference.res_id == ReadState.communication_id,
+                IdxReference.param == "recipient",
+                IdxReference.target_type + "/" + IdxReference.target_id == ReadState.reader_ref,
+            ),
+        ).where(ReadState.communication_id.in_(ids))
+    ).scalars())
+    return {i: (i in mine, i in by_recipient) for i in ids}
