@@ -1,0 +1,277 @@
+"""User accounts: creation, portal access for patients, lookups, and login.
+
+Plain functions over a SQLAlchemy Session, shared by the login pages, the FHIR
+``$grant-portal-access`` operation and the CLI. The caller commits. Passwords and
+one-time passwords exist in clear only in memory: they are hashed (argon2id) before
+they reach the database and never logged or audited; audit records name the user
+id, never the username.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import unicodedata
+import uuid
+from collections.abc import Iterable
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from fhirserver.config import Settings
+from fhirserver.core.audit import security_event
+from smart_auth import passwords, throttle
+from smart_auth.hashing import utcnow
+from smart_auth.models import ROLES, StaffAssignment, UserAccount, WebSession
+
+USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9._@-]{2,149}$")
+FHIR_REF_RE = re.compile(r"^(Patient|Practitioner)/[A-Za-z0-9\-.]{1,64}$")
+FHIR_ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+# No 0/O, 1/l/I: the one-time password is read aloud or copied from paper.
+OTP_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnpqrstuvwxyz23456789"
+OTP_LENGTH = 10
+ROLE_REF_TYPE = {"patient": "Patient", "provider": "Practitioner"}
+
+
+class AccountError(ValueError):
+    """A request about accounts cannot be carried out; the message is safe to show."""
+
+
+class LoginThrottled(Exception):
+    """Too many failed attempts for this account or address: try again later."""
+
+
+def normalize_username(username: str) -> str:
+    return (username or "").strip().lower()
+
+
+def get_user(session: Session, user_id: str) -> UserAccount | None:
+    return session.get(UserAccount, user_id)
+
+
+def find_by_username(session: Session, username: str) -> UserAccount | None:
+    name = normalize_username(username)
+    if not name:
+        return None
+    return session.execute(select(UserAccount).where(UserAccount.username == name)).scalar_one_or_none()
+
+
+def users_for(session: Session, fhir_ref: str) -> list[UserAccount]:
+    """Every account whose FHIR identity is ``fhir_ref`` (``Patient/x`` or ``Practitioner/y``)."""
+    rows = session.execute(
+        select(UserAccount).where(UserAccount.fhir_user == fhir_ref).order_by(UserAccount.created_at)
+    )
+    return list(rows.scalars())
+
+
+def staff_providers(session: Session, user_id: str) -> list[str]:
+    """The ``Practitioner/y`` references a staff user works for."""
+    rows = session.execute(
+        select(StaffAssignment.practitioner_ref)
+        .where(StaffAssignment.user_id == user_id)
+        .order_by(StaffAssignment.practitioner_ref)
+    )
+    return list(rows.scalars())
+
+
+def has_portal_access(session: Session, patient_id: str) -> bool:
+    return any(u.role == "patient" and u.active for u in users_for(session, f"Patient/{patient_id}"))
+
+
+def _check_identity(role: str, fhir_user: str | None, staff_of: Iterable[str]) -> list[str]:
+    if role not in ROLES:
+        raise AccountError(f"role must be one of {', '.join(ROLES)}")
+    if fhir_user is not None:
+        if not FHIR_REF_RE.match(fhir_user):
+            raise AccountError("fhir_user must look like Patient/{id} or Practitioner/{id}")
+        wanted = ROLE_REF_TYPE.get(role)
+        if wanted and not fhir_user.startswith(wanted + "/"):
+            raise AccountError(f"a {role} account must be linked to a {wanted}")
+        if role in ("auditor", "admin") and fhir_user.startswith("Patient/"):
+            raise AccountError(f"a {role} account cannot be linked to a Patient")
+    refs = list(dict.fromkeys(staff_of))
+    if refs and role != "staff":
+        raise AccountError("only staff accounts work for providers")
+    for ref in refs:
+        if not ref.startswith("Practitioner/") or not FHIR_REF_RE.match(ref):
+            raise AccountError("staff_of must list Practitioner/{id} references")
+    return refs
+
+
+def create_user(
+    session: Session,
+    *,
+    username: str,
+    password: str,
+    role: str,
+    settings: Settings | None = None,
+    fhir_user: str | None = None,
+    display_name: str = "",
+    must_change_password: bool = False,
+    staff_of: Iterable[str] = (),
+) -> UserAccount:
+    """Create an account; the password must pass the policy (PasswordPolicyError otherwise).
+
+    ``settings`` selects the argon2 cost (pass it: tests use cheap values); without it the
+    production defaults of Settings are used.
+    """
+    name = normalize_username(username)
+    if not USERNAME_RE.match(name):
+        raise AccountError(
+            "username must be 3-150 characters: letters, digits, '.', '_', '-', '@', starting with a "
+            "letter or digit"
+        )
+    refs = _check_identity(role, fhir_user, staff_of)
+    passwords.check_policy(password, name)
+    if find_by_username(session, name) is not None:
+        raise AccountError("this username is taken")
+    user = UserAccount(
+        id=uuid.uuid4().hex,
+        username=name,
+        password_hash=passwords.hash_password(settings, password),
+        role=role,
+        fhir_user=fhir_user,
+        display_name=display_name or "",
+        must_change_password=must_change_password,
+        active=True,
+        created_at=utcnow(),
+    )
+    session.add(user)
+    session.flush()
+    for ref in refs:
+        session.add(StaffAssignment(user_id=user.id, practitioner_ref=ref))
+    session.flush()
+    return user
+
+
+def _username_base(first_name: str) -> str:
+    folded = unicodedata.normalize("NFKD", first_name or "")
+    letters = "".join(ch for ch in folded if "a" <= ch.lower() <= "z").lower()
+    return letters[:20] or "patient"
+
+
+def _unique_patient_username(session: Session, first_name: str) -> str:
+    base = _username_base(first_name)
+    for digits in (4, 4, 4, 5, 6, 8, 10):
+        candidate = f"{base}{secrets.randbelow(10**digits):0{digits}d}"
+        if find_by_username(session, candidate) is None:
+            return candidate
+    raise AccountError("could not find a free username; try again")
+
+
+def one_time_password() -> str:
+    return "".join(secrets.choice(OTP_ALPHABET) for _ in range(OTP_LENGTH))
+
+
+def grant_portal_access(session: Session, settings: Settings, *, patient_id: str, first_name: str) -> tuple[str, str]:
+    """Create (or reset) the portal account of Patient/{patient_id}; return (username, one-time password).
+
+    A reset keeps the username, sets a new one-time password, reactivates the account,
+    requires a password change at the next login and ends the account's browser
+    sessions. The password is returned once and stored only as a hash.
+    """
+    if not FHIR_ID_RE.match(patient_id or ""):
+        raise AccountError("not a valid Patient id")
+    ref = f"Patient/{patient_id}"
+    otp = one_time_password()
+    existing = [u for u in users_for(session, ref) if u.role == "patient"]
+    if existing:
+        user = existing[0]
+        user.password_hash = passwords.hash_password(settings, otp)
+        user.must_change_password = True
+        user.active = True
+        session.execute(delete(WebSession).where(WebSession.user_id == user.id))
+        session.flush()
+        return user.username, otp
+    username = _unique_patient_username(session, first_name)
+    user = UserAccount(
+        id=uuid.uuid4().hex,
+        username=username,
+        password_hash=passwords.hash_password(settings, otp),
+        role="patient",
+        fhir_user=ref,
+        display_name=(first_name or "").strip()[:200],
+        must_change_password=True,
+        active=True,
+        created_at=utcnow(),
+    )
+    session.add(user)
+    session.flush()
+    return username, otp
+
+
+def authenticate(
+    session: Session, settings: Settings, username: str, password: str, address: str | None
+) -> UserAccount | None:
+    """Check a username and password; None when they do not match (whatever the reason).
+
+    Raises LoginThrottled when the account or the address has too many recent
+    failures; in that case the password is not even checked. Unknown users and
+    inactive accounts cost one argon2 verification like everyone else, so timing
+    does not tell whether a username exists. Successful logins upgrade old hashes.
+    Failures and successes are audited (user id and address, never the username).
+    The caller commits, including after a failure (the counters must persist).
+    """
+    keys = [throttle.account_key(username or ""), throttle.address_key(address)]
+    if throttle.is_throttled(session, settings, keys):
+        security_event(session, subtype="login", outcome="4", address=address,
+                       description="login refused: too many failed attempts")
+        raise LoginThrottled()
+    password = password if isinstance(password, str) else ""
+    user = find_by_username(session, username) if username and len(username) <= 150 else None
+    ok = False
+    if user is None or len(password) > passwords.MAX_LENGTH:
+        passwords.burn_verify(settings, password[: passwords.MAX_LENGTH])
+    else:
+        ok = passwords.verify_password(settings, user.password_hash, password) and user.active
+    if not ok:
+        throttle.record_failure(session, settings, keys)
+        security_event(session, subtype="login", outcome="4", user_id=user.id if user else None,
+                       address=address, description="login failed")
+        return None
+    assert user is not None
+    throttle.clear(session, keys[:1])
+    if passwords.needs_rehash(settings, user.password_hash):
+        user.password_hash = passwords.hash_password(settings, password)
+    user.last_login_at = utcnow()
+    security_event(session, subtype="login", outcome="0", user_id=user.id, address=address,
+                   description="login succeeded")
+    session.flush()
+    return user
+
+
+def change_password(
+    session: Session, settings: Settings, user: UserAccount, current: str, new: str, address: str | None
+) -> None:
+    """Change a password after checking the current one; clears ``must_change_password``.
+
+    Raises AccountError (wrong current password), PasswordPolicyError (weak new one) or
+    LoginThrottled (too many wrong current passwords: this form must not become a
+    way around the login throttle). The caller ends the user's other sessions.
+    """
+    keys = [throttle.account_key(user.username), throttle.address_key(address)]
+    if throttle.is_throttled(session, settings, keys):
+        raise LoginThrottled()
+    if not passwords.verify_password(settings, user.password_hash, current or ""):
+        throttle.record_failure(session, settings, keys)
+        security_event(session, subtype="password-change", outcome="4", user_id=user.id, address=address,
+                       description="password change refused: wrong current password")
+        raise AccountError("The current password is not correct.")
+    passwords.check_policy(new, user.username)
+    if new == current:
+        raise passwords.PasswordPolicyError("Choose a password different from the current one.")
+    user.password_hash = passwords.hash_password(settings, new)
+    user.must_change_password = False
+    security_event(session, subtype="password-change", outcome="0", user_id=user.id, address=address,
+                   description="password changed")
+    session.flush()
+
+
+def set_password(session: Session, settings: Settings, user: UserAccount, new: str,
+                 must_change: bool = False) -> None:
+    """Operator reset (CLI): set a password that passes the policy, without the current one."""
+    passwords.check_policy(new, user.username)
+    user.password_hash = passwords.hash_password(settings, new)
+    user.must_change_password = must_change
+    session.execute(delete(WebSession).where(WebSession.user_id == user.id))
+    session.flush()

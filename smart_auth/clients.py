@@ -1,0 +1,125 @@
+"""OAuth client registrations (table ``oauth_client``).
+
+A client with a secret is confidential (``client_secret_basic`` or
+``client_secret_post`` at the token endpoint); one without is public (``none``, and
+PKCE is its only proof). Secrets are stored as SHA-256 hashes. Registration is
+idempotent so that seeding and deployment scripts can run it on every start.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from urllib.parse import urlsplit
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from smart_auth.hashing import same_hash, sha256_hex, utcnow
+from smart_auth.models import OAuthClient
+from smart_auth.scopes import ScopeError, validate_requested
+
+CLIENT_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~")
+GRANT_TYPES = frozenset({"authorization_code", "refresh_token"})
+
+
+class ClientError(ValueError):
+    """A registration is malformed; the message names the field, never a secret."""
+
+
+def _check_redirect_uri(uri: str) -> str:
+    parts = urlsplit(uri)
+    if parts.scheme not in ("https", "http") or not parts.netloc or parts.fragment:
+        raise ClientError("redirect URIs must be absolute http(s) URLs without a fragment")
+    return uri
+
+
+def register_client(
+    session: Session,
+    *,
+    client_id: str,
+    name: str,
+    redirect_uris: Iterable[str],
+    scope: str,
+    secret: str | None = None,
+    first_party: bool = False,
+    grant_types: Iterable[str] = ("authorization_code", "refresh_token"),
+) -> OAuthClient:
+    """Create the client, or update it in place when ``client_id`` exists. The caller commits."""
+    if not client_id or len(client_id) > 100 or not set(client_id) <= CLIENT_ID_CHARS:
+        raise ClientError("client_id must be 1-100 URL-safe characters")
+    uris = [_check_redirect_uri(u) for u in redirect_uris]
+    if not uris:
+        raise ClientError("at least one redirect URI is required")
+    grants = list(dict.fromkeys(grant_types))
+    if not grants or not set(grants) <= GRANT_TYPES:
+        raise ClientError("grant_types may only be authorization_code and refresh_token")
+    try:
+        validate_requested(scope)
+    except ScopeError as exc:
+        raise ClientError(f"scope: {exc}") from exc
+    client = session.get(OAuthClient, client_id)
+    if client is None:
+        client = OAuthClient(client_id=client_id, created_at=utcnow())
+        session.add(client)
+    client.name = (name or client_id)[:200]
+    client.redirect_uris = json.dumps(uris)
+    client.scope = " ".join(scope.split())
+    client.grant_types = json.dumps(grants)
+    client.first_party = first_party
+    if secret:
+        client.client_secret_hash = sha256_hex(secret)
+        client.token_endpoint_auth_method = "client_secret_basic"  # noqa: S105 - a method name
+    else:
+        client.client_secret_hash = None
+        client.token_endpoint_auth_method = "none"  # noqa: S105 - a method name
+    session.flush()
+    return client
+
+
+def get_client(session: Session, client_id: str | None) -> OAuthClient | None:
+    if not client_id or len(client_id) > 100:
+        return None
+    return session.execute(select(OAuthClient).where(OAuthClient.client_id == client_id)).scalar_one_or_none()
+
+
+def redirect_uris(client: OAuthClient) -> list[str]:
+    try:
+        value = json.loads(client.redirect_uris or "[]")
+    except ValueError:
+        return []
+    return [u for u in value if isinstance(u, str)]
+
+
+def grant_types(client: OAuthClient) -> list[str]:
+    try:
+        value = json.loads(client.grant_types or "[]")
+    except ValueError:
+        return []
+    return [g for g in value if isinstance(g, str)]
+
+
+def is_public(client: OAuthClient) -> bool:
+    return not client.client_secret_hash
+
+
+def check_secret(client: OAuthClient, secret: str) -> bool:
+    return bool(secret) and same_hash(secret, client.client_secret_hash)
+
+
+def origin_of(uri: str) -> str | None:
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return None
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def registered_origins(session: Session) -> set[str]:
+    """Origins of every registered redirect URI (where logout may send the browser back)."""
+    out: set[str] = set()
+    for client in session.execute(select(OAuthClient)).scalars():
+        for uri in redirect_uris(client):
+            origin = origin_of(uri)
+            if origin:
+                out.add(origin)
+    return out

@@ -1,0 +1,83 @@
+"""SMART discovery: the document served at /.well-known/smart-configuration.
+
+It advertises only what really works: the standalone launch with public and
+symmetric confidential clients, PKCE S256, refresh tokens for offline and online
+access, patient and user scopes in v1 and v2 syntax, authorize by POST, and OpenID
+Connect id_tokens for ``openid fhirUser`` (hence ``issuer`` and ``sso-openid-connect``;
+the OpenID provider metadata is at ``{issuer}/.well-known/openid-configuration``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fhirserver.config import Settings
+from smart_auth.oauth_server import TOKEN_AUTH_METHODS
+from smart_auth.tokens import ALG, issuer
+
+CAPABILITIES = [
+    "launch-standalone",
+    "client-public",
+    "client-confidential-symmetric",
+    "context-standalone-patient",
+    "permission-offline",
+    "permission-online",
+    "permission-patient",
+    "permission-user",
+    "permission-v1",
+    "permission-v2",
+    "authorize-post",
+    "sso-openid-connect",
+]
+
+SCOPES_SUPPORTED = [
+    "openid",
+    "fhirUser",
+    "launch/patient",
+    "offline_access",
+    "online_access",
+    "patient/*.rs",
+    "patient/Patient.rs",
+    "patient/Practitioner.rs",
+    "patient/Communication.cruds",
+    "user/*.rs",
+    "user/Patient.cruds",
+    "user/Practitioner.rs",
+    "user/Communication.cruds",
+    "user/AuditEvent.rs",
+]
+
+
+def smart_configuration(settings: Settings) -> dict[str, Any]:
+    base = settings.base_url.rstrip("/")
+    return {
+        "issuer": issuer(settings),
+        "authorization_endpoint": f"{base}/auth/authorize",
+        "token_endpoint": f"{base}/auth/token",
+        "jwks_uri": f"{base}/auth/jwks",
+        "grant_types_supported": ["authorization_code", "refresh_token"],
+        "response_types_supported": ["code"],
+        "code_challenge_methods_supported": ["S256"],
+        "token_endpoint_auth_methods_supported": list(TOKEN_AUTH_METHODS),
+        "scopes_supported": list(SCOPES_SUPPORTED),
+        "capabilities": list(CAPABILITIES),
+    }
+
+
+def openid_configuration(settings: Settings) -> dict[str, Any]:
+    """OpenID provider metadata (only what the SMART ``openid fhirUser`` flow uses)."""
+    base = settings.base_url.rstrip("/")
+    return {
+        "issuer": issuer(settings),
+        "authorization_endpoint": f"{base}/auth/authorize",
+        "token_endpoint": f"{base}/auth/token",
+        "jwks_uri": f"{base}/auth/jwks",
+        "response_types_supported": ["code"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": [ALG],
+        "scopes_supported": ["openid", "fhirUser"],
+        "claims_supported": ["iss", "sub", "aud", "exp", "iat", "nonce", "auth_time", "fhirUser"],
+        "token_endpoint_auth_methods_supported": list(TOKEN_AUTH_METHODS),
+        "grant_types_supported": ["authorization_code", "refresh_token"],
+        "code_challenge_methods_supported": ["S256"],
+    }

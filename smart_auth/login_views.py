@@ -1,0 +1,139 @@
+"""Login, logout, password change and the signed-in landing page (/auth/...).
+
+The login form answers an unknown username and a wrong password with the same page
+and status (and roughly the same time: see ``accounts.authenticate``); too many
+failures get 429. A first login with a one-time password continues to the password
+change page before anything else, then to the authorization request that started
+the login, which waits in the server-side session (never in the URL).
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, g, redirect, request, session, url_for
+from flask.typing import ResponseReturnValue
+
+from fhirserver.core.audit import security_event
+from smart_auth import accounts, clients, passwords, refresh_tokens
+from smart_auth.sessions import end, end_other_sessions, regenerate
+from smart_auth.web_support import (
+    MUST_CHANGE_KEY,
+    PENDING_KEY,
+    current_user,
+    dbs,
+    page,
+    safe_next,
+    settings,
+    sign_in,
+)
+
+LOGIN_FAILED = "The username or password is not correct."
+THROTTLED = "Too many attempts. Please wait a few minutes and try again."
+MAX_FIELD = 2048
+
+
+def _form(name: str) -> str:
+    value = request.form.get(name, "")
+    return value if len(value) <= MAX_FIELD else ""
+
+
+def _pending_client_name() -> str | None:
+    pending = session.get(PENDING_KEY)
+    if not isinstance(pending, dict):
+        return None
+    client = clients.get_client(dbs(), (pending.get("params") or {}).get("client_id"))
+    return client.name if client else None
+
+
+def after_login_target() -> str:
+    """Where a signed-in user goes next: the password change, the pending request, or home."""
+    if session.get(MUST_CHANGE_KEY):
+        return url_for("smart_auth.password")
+    if isinstance(session.get(PENDING_KEY), dict):
+        return url_for("smart_auth.authorize_continue")
+    return url_for("smart_auth.home")
+
+
+def register(bp: Blueprint) -> None:
+    @bp.get("/")
+    def home() -> ResponseReturnValue:
+        user = current_user()
+        if user is None:
+            return redirect(url_for("smart_auth.login"))
+        if session.get(MUST_CHANGE_KEY):
+            return redirect(url_for("smart_auth.password"))
+        return page("home.html", user=user)
+
+    @bp.route("/login", methods=["GET", "POST"])
+    def login() -> ResponseReturnValue:
+        expired = bool(getattr(session, "expired", False))
+        if request.method == "GET":
+            if current_user() is not None:
+                return redirect(after_login_target())
+            return page("login.html", client_name=_pending_client_name(), expired=expired,
+                        signed_out=request.args.get("signed_out") == "1")
+        username = _form("username")
+        password = _form("password")
+        try:
+            user = accounts.authenticate(dbs(), settings(), username, password, request.remote_addr)
+        except accounts.LoginThrottled:
+            dbs().commit()
+            return page("login.html", 429, error=THROTTLED, username=username,
+                        client_name=_pending_client_name())
+        dbs().commit()
+        if user is None:
+            return page("login.html", 400, error=LOGIN_FAILED, username=username,
+                        client_name=_pending_client_name())
+        sign_in(user)
+        regenerate(session)
+        return redirect(after_login_target(), 303)
+
+    @bp.route("/password", methods=["GET", "POST"])
+    def password() -> ResponseReturnValue:
+        user = current_user()
+        if user is None:
+            return redirect(url_for("smart_auth.login"))
+        first = bool(session.get(MUST_CHANGE_KEY))
+        if request.method == "GET":
+            return page("password.html", first=first, user=user)
+        current, new, confirm = _form("current_password"), _form("new_password"), _form("confirm_password")
+        error = None
+        if not current or not new:
+            error = "Fill in every field."
+        elif new != confirm:
+            error = "The two new passwords do not match."
+        if error is None:
+            try:
+                accounts.change_password(dbs(), settings(), user, current, new, request.remote_addr)
+            except accounts.LoginThrottled:
+                dbs().commit()
+                return page("password.html", 429, first=first, user=user, error=THROTTLED)
+            except (accounts.AccountError, passwords.PasswordPolicyError) as exc:
+                error = str(exc)
+        if error is not None:
+            dbs().commit()  # keeps the throttle count of a wrong current password
+            return page("password.html", 400, first=first, user=user, error=error)
+        end_other_sessions(dbs(), user.id, session)
+        dbs().commit()
+        session.pop(MUST_CHANGE_KEY, None)
+        regenerate(session)
+        target = after_login_target()
+        if target == url_for("smart_auth.home"):
+            return page("home.html", user=user, notice="Your password has been changed.")
+        return redirect(target, 303)
+
+    @bp.route("/logout", methods=["GET", "POST"])
+    def logout() -> ResponseReturnValue:
+        target = safe_next(request.values.get("next"))
+        if target:
+            g.form_action_extra = clients.origin_of(target)  # the form's redirect must pass the CSP
+        if request.method == "GET":
+            # Confirmation page (a GET never signs out: that would be a CSRF hole).
+            return page("logout.html", next=target, user=current_user())
+        user_id = session.get("uid")
+        if isinstance(user_id, str):
+            refresh_tokens.revoke_online(dbs(), user_id)
+            security_event(dbs(), subtype="logout", outcome="0", user_id=user_id,
+                           address=request.remote_addr, description="logout")
+            dbs().commit()
+        end(session)
+        return redirect(target or url_for("smart_auth.login", signed_out="1"), 303)
