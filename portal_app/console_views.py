@@ -1,0 +1,427 @@
+"""The provider console (/portal/console/): WebMail inbox and alerts, patients and their chart,
+writing to patients and to other providers, provider-contact records and portal access.
+
+Every page asks the API with the provider's own token; the API's WebMail rules decide
+what may be sent (it answers 422 with an OperationOutcome that is shown as is).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, flash, jsonify, redirect, render_template, request, url_for
+from werkzeug.wrappers import Response
+
+from portal_app import auth, lookups
+from portal_app.fhir_api import ApiError, FhirApi, created_id
+from portal_app.forms import (
+    ActionForm,
+    ConsoleComposeForm,
+    PatientSearchForm,
+    ProviderComposeForm,
+    ProviderContactForm,
+    ReplyForm,
+)
+from portal_app.webmail import (
+    CATEGORY_TOKEN,
+    bundle_resources,
+    format_address,
+    format_name,
+    general_practitioners,
+    is_provider_contact,
+    new_message,
+    parameters_value,
+    parse_message_bundle,
+    provider_contact_patient,
+    quote_original,
+    reply_message,
+    reply_subject,
+    summarize,
+    telecom,
+)
+
+REALM = "console"
+CONSOLE_ROLES = frozenset({"provider", "staff", "admin"})
+bp = Blueprint("console", __name__, url_prefix="/console")
+
+
+def _user() -> auth.User:
+    user = auth.current_user(REALM)
+    if user is None:
+        raise auth.LoginRequired(REALM)
+    if user.role not in CONSOLE_ROLES and not user.practitioner:
+        raise auth.WrongAccount(REALM)
+    return user
+
+
+def _unread_count() -> int | None:
+    """The Alerts badge: unread WebMail for me, or None when it cannot be had right now."""
+    try:
+        body = auth.call(REALM, lambda c: c.operation("Communication/$unread-count", method="GET"))
+    except (ApiError, auth.LoginRequired):
+        return None
+    value = parameters_value(body, "count")
+    return value if isinstance(value, int) else None
+
+
+@bp.context_processor
+def _inject() -> dict[str, Any]:
+    return {
+        "realm": REALM,
+        "user": auth.current_user(REALM),
+        "action_form": ActionForm(),
+        "unread_count": _unread_count,
+    }
+
+
+def _safe_back(default: str) -> str:
+    """Where a button form returns to: a console path only (never an open redirect)."""
+    back = request.form.get("back", "")
+    prefix = url_for("console.inbox")
+    if back.startswith(prefix) and "//" not in back and "\\" not in back:
+        return back
+    return default
+
+
+def _messages(client: FhirApi, params: list[tuple[str, str]]) -> Any:
+    base = [("category", CATEGORY_TOKEN), ("_sort", "-sent"), ("_count", "50")]
+    return parse_message_bundle(client.search("Communication", params + base))
+
+
+def _refuse(exc: ApiError) -> list[str]:
+    """An API refusal shown on the form; sign-in loss and outages go to the error pages."""
+    if exc.status == 401 or exc.status >= 500:
+        raise exc
+    return [exc.text]
+
+
+# -- sign-in and alerts --------------------------------------------------------------------------
+
+
+@bp.get("/login")
+def login() -> Response:
+    return auth.start_login(REALM)
+
+
+@bp.get("/callback")
+def callback() -> Response:
+    return auth.finish_login(REALM)
+
+
+@bp.post("/logout")
+def logout() -> Response:
+    return auth.logout()
+
+
+@bp.get("/alerts.json")
+def alerts_json() -> tuple[Response, int] | Response:
+    """The badge count for alerts.js. Read-only: it never refreshes a token (the session is
+    not saved for this endpoint, so a rotated refresh token would be lost); an expired
+    token just gives no count until the next page load refreshes it."""
+    if auth.current_user(REALM) is None:
+        return jsonify({"error": "signed-out"}), 401
+    if auth.token_expired(REALM):
+        return jsonify({"count": None})
+    count = _unread_count()
+    if count is None and auth.current_user(REALM) is None:
+        return jsonify({"error": "signed-out"}), 401
+    return jsonify({"count": count})
+
+
+# -- WebMail -------------------------------------------------------------------------------------
+
+
+def _mail_list(template: str, params_for: Any, only_practitioners: bool = False) -> str:
+    user = _user()
+
+    def work(client: FhirApi) -> str:
+        me = user.practitioner
+        page = _messages(client, params_for(me)) if me else None
+        if page and only_practitioners:
+            page.messages = [m for m in page.messages if m.is_from_practitioner()]
+        refs: list[str | None] = []
+        for m in page.messages if page else []:
+            refs += [m.sender, m.patient, *m.recipients]
+        people = lookups.names(client, refs)
+        return render_template(template, page=page, people=people, me=me)
+
+    result: str = auth.call(REALM, work)
+    return result
+
+
+@bp.get("/")
+def inbox() -> str:
+    return _mail_list("console/inbox.html", lambda me: [("recipient", me)])
+
+
+@bp.get("/provider-messages")
+def provider_messages() -> str:
+    return _mail_list("console/provider_messages.html", lambda me: [("recipient", me)], only_practitioners=True)
+
+
+@bp.get("/sent")
+def sent() -> str:
+    return _mail_list("console/sent.html", lambda me: [("sender", me)])
+
+
+@bp.get("/messages/<msg_id>")
+def message(msg_id: str) -> str:
+    user = _user()
+
+    def work(client: FhirApi) -> str:
+        msg = summarize(client.read("Communication", msg_id))
+        if user.practitioner and user.practitioner in msg.recipients:
+            try:
+                client.operation(f"Communication/{msg.id}/$mark-read")
+            except ApiError as exc:
+                if exc.status == 401:
+                    raise
+        people = lookups.names(client, [msg.sender, msg.patient, *msg.recipients])
+        return render_template("console/message.html", msg=msg, people=people, me=user.practitioner)
+
+    result: str = auth.call(REALM, work)
+    return result
+
+
+def _mark(msg_id: str, op: str) -> Response:
+    _user()
+    try:
+        auth.call(REALM, lambda c: c.operation(f"Communication/{msg_id}/{op}"))
+    except ApiError as exc:
+        _refuse(exc)
+        flash(exc.text, "error")
+    else:
+        flash("Marked as read." if op == "$mark-read" else "Marked as unread.", "success")
+    return redirect(_safe_back(url_for("console.inbox")), 303)
+
+
+@bp.post("/messages/<msg_id>/mark-read")
+def mark_read(msg_id: str) -> Response:
+    return _mark(msg_id, "$mark-read")
+
+
+@bp.post("/messages/<msg_id>/mark-unread")
+def mark_unread(msg_id: str) -> Response:
+    return _mark(msg_id, "$mark-unread")
+
+
+@bp.route("/messages/<msg_id>/reply", methods=["GET", "POST"])
+def reply(msg_id: str) -> Response | tuple[str, int]:
+    user = _user()
+
+    def work(client: FhirApi) -> Response | tuple[str, int]:
+        original = client.read("Communication", msg_id)
+        msg = summarize(original)
+        people = lookups.names(client, [msg.sender, msg.patient, *msg.recipients])
+        form = ReplyForm()
+        if not form.is_submitted():
+            form.subject.data = reply_subject(msg.subject_line)
+            form.body.data = quote_original(msg, people.get(msg.sender or "", ""))
+        errors: list[str] = []
+        me = user.practitioner
+        if not me:
+            errors = ["Your account is not linked to a provider, so it cannot send WebMail."]
+        elif form.validate_on_submit():
+            try:
+                client.create("Communication", reply_message(original, me, form.body.data or "", form.subject.data))
+            except ApiError as exc:
+                errors = _refuse(exc)
+            else:
+                flash("Your reply was sent.", "success")
+                return redirect(url_for("console.inbox"), 303)
+        status = 422 if form.is_submitted() else 200
+        return render_template("console/reply.html", form=form, msg=msg, people=people, errors=errors), status
+
+    result: Response | tuple[str, int] = auth.call(REALM, work)
+    return result
+
+
+@bp.route("/compose", methods=["GET", "POST"])
+def compose_provider() -> Response | tuple[str, int]:
+    """Provider to provider: a Communication without a patient."""
+    user = _user()
+
+    def work(client: FhirApi) -> Response | tuple[str, int]:
+        me = user.practitioner
+        found = bundle_resources(client.search("Practitioner", [("_count", "200")]), "Practitioner")
+        choices = sorted(
+            ((f"Practitioner/{p['id']}", format_name(p) or "Provider") for p in found
+             if f"Practitioner/{p['id']}" != me),
+            key=lambda c: c[1].lower(),
+        )
+        form = ProviderComposeForm()
+        form.recipient.choices = [("", "Choose a provider"), *choices]
+        errors: list[str] = []
+        if not me:
+            errors = ["Your account is not linked to a provider, so it cannot send WebMail."]
+        elif form.validate_on_submit():
+            body = new_message(me, [form.recipient.data], form.subject.data or "", form.body.data or "")
+            try:
+                client.create("Communication", body)
+            except ApiError as exc:
+                errors = _refuse(exc)
+            else:
+                flash("Your message was sent.", "success")
+                return redirect(url_for("console.sent"), 303)
+        status = 422 if form.is_submitted() else 200
+        return render_template("console/compose_provider.html", form=form, errors=errors), status
+
+    result: Response | tuple[str, int] = auth.call(REALM, work)
+    return result
+
+
+# -- patients ------------------------------------------------------------------------------------
+
+
+@bp.route("/patients", methods=["GET", "POST"])
+def patients() -> str:
+    """My patients (general-practitioner = me); the name filter is POSTed, never put in a URL."""
+    user = _user()
+    form = PatientSearchForm()
+
+    def work(client: FhirApi) -> str:
+        params: list[tuple[str, str]] = [("_count", "200")]
+        if user.practitioner:
+            params.append(("general-practitioner", user.practitioner))
+        if form.validate_on_submit() and form.name.data:
+            params.append(("name", form.name.data.strip()))
+        rows = sorted(
+            bundle_resources(client.search("Patient", params), "Patient"),
+            key=lambda p: format_name(p).lower(),
+        )
+        return render_template("console/patients.html", form=form, patients=rows, format_name=format_name)
+
+    result: str = auth.call(REALM, work)
+    return result
+
+
+@bp.get("/patients/<pid>")
+def chart(pid: str) -> str:
+    user = _user()
+
+    def work(client: FhirApi) -> str:
+        patient = client.read("Patient", pid)
+        lookups.remember(patient)
+        page = _messages(client, [("subject", f"Patient/{pid}")])
+        refs: list[str | None] = []
+        for m in page.messages:
+            refs += [m.sender, *m.recipients]
+        providers = general_practitioners(patient)
+        people = lookups.names(client, [*refs, *providers])
+        return render_template(
+            "console/chart.html",
+            patient=patient,
+            name=format_name(patient) or "Patient",
+            phone=telecom(patient, "phone"),
+            email=telecom(patient, "email"),
+            address=format_address(patient),
+            provider_contact=is_provider_contact(patient),
+            providers=providers,
+            page=page,
+            people=people,
+            me=user.practitioner,
+        )
+
+    result: str = auth.call(REALM, work)
+    return result
+
+
+@bp.route("/patients/<pid>/compose", methods=["GET", "POST"])
+def compose_patient(pid: str) -> Response | tuple[str, int]:
+    """Write to a patient; From is one of the patient's primary providers (the first by default)."""
+    _user()
+
+    def work(client: FhirApi) -> Response | tuple[str, int]:
+        patient = client.read("Patient", pid)
+        lookups.remember(patient)
+        providers = general_practitioners(patient)
+        choices = [(ref, lookups.name(client, ref)) for ref in providers]
+        form = ConsoleComposeForm()
+        form.sender.choices = choices
+        if not form.is_submitted() and choices:
+            form.sender.data = choices[0][0]
+        errors: list[str] = []
+        if not choices:
+            errors = ["This patient has no primary provider on record, so WebMail cannot be sent."]
+        elif form.validate_on_submit():
+            me = f"Patient/{pid}"
+            body = new_message(form.sender.data, [me], form.subject.data or "", form.body.data or "", me)
+            try:
+                client.create("Communication", body)
+            except ApiError as exc:
+                errors = _refuse(exc)
+            else:
+                flash("Your message was sent.", "success")
+                return redirect(url_for("console.chart", pid=pid), 303)
+        status = 422 if form.is_submitted() else 200
+        return render_template(
+            "console/compose_patient.html",
+            form=form,
+            patient=patient,
+            name=format_name(patient) or "Patient",
+            errors=errors,
+            can_send=bool(choices),
+        ), status
+
+    result: Response | tuple[str, int] = auth.call(REALM, work)
+    return result
+
+
+@bp.post("/patients/<pid>/grant-access")
+def grant_access(pid: str) -> Response | tuple[str, int]:
+    """Show the one-time credentials once, in this response only (never in a URL or a redirect)."""
+    _user()
+
+    def work(client: FhirApi) -> Response | tuple[str, int]:
+        patient = client.read("Patient", pid)
+        try:
+            result = client.operation(f"Patient/{pid}/$grant-portal-access")
+        except ApiError as exc:
+            for text in _refuse(exc):
+                flash(text, "error")
+            return redirect(url_for("console.chart", pid=pid), 303)
+        return render_template(
+            "console/grant_sheet.html",
+            name=format_name(patient) or "Patient",
+            username=parameters_value(result, "username") or "",
+            password=parameters_value(result, "password") or "",
+            portal_url=parameters_value(result, "portalUrl") or "",
+        ), 200
+
+    result: Response | tuple[str, int] = auth.call(REALM, work)
+    return result
+
+
+@bp.route("/provider-contacts/new", methods=["GET", "POST"])
+def new_provider_contact() -> Response | tuple[str, int]:
+    """A Patient record for a receiving provider, with me as primary provider, tagged provider-contact."""
+    user = _user()
+    form = ProviderContactForm()
+    errors: list[str] = []
+    if not user.practitioner:
+        errors = ["Your account is not linked to a provider."]
+    elif form.validate_on_submit():
+        body = provider_contact_patient(
+            first_name=form.first_name.data or "",
+            last_name=form.last_name.data or "",
+            birth_date=form.birth_date.data.isoformat() if form.birth_date.data else "",
+            phone=form.phone.data or "",
+            email=form.email.data or "",
+            lines=[form.line1.data or "", form.line2.data or ""],
+            city=form.city.data or "",
+            state=form.state.data or "",
+            postal_code=form.postal_code.data or "",
+            primary_provider=user.practitioner,
+        )
+        try:
+            created = auth.call(REALM, lambda c: c.create("Patient", body))
+        except ApiError as exc:
+            errors = _refuse(exc)
+        else:
+            pid = created_id(created)
+            if pid:
+                flash("The provider contact was created. You can now grant portal access.", "success")
+                return redirect(url_for("console.chart", pid=pid), 303)
+            errors = ["The record was created but the server did not say where."]
+    status = 422 if form.is_submitted() else 200
+    return render_template("console/provider_contact.html", form=form, errors=errors), status
