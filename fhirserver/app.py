@@ -28,18 +28,20 @@ def create_app(settings: Settings | None = None) -> Flask:
     with app.app_context():
         configure_sqlite(db.engine)
 
-    from smart_auth.web import init_auth
-
     from fhirserver.web.blueprint import create_fhir_blueprint
+    from notifier.dispatch import install as install_notifications
+    from smart_auth.web import init_auth
 
     app.register_blueprint(create_fhir_blueprint(), url_prefix="/fhir")
     init_auth(app, settings)
+    # Outbox rows written by the WebMail rules are handed to Celery after each commit.
+    install_notifications(settings)
 
     @app.get("/")
     def index():  # type: ignore[no-untyped-def]
         return redirect("/portal/")
 
-    logging.getLogger(__name__).info("app ready (database %s)", db.engine.dialect.name)
+    logging.getLogger(__name__).info("app ready")
     return app
 
 

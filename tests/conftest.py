@@ -101,6 +101,9 @@ def test_env(tmp: Path, database_url: str, port: int, **extra: str) -> dict[str,
     return env
 
 
+test_env.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test, wherever it is imported
+
+
 @pytest.fixture(scope="session", params=BACKENDS)
 def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if request.param == "sqlite":

@@ -92,10 +92,12 @@ def make_practice(session: Session, settings: Settings, *, portal: bool = True, 
                                               family=f"Pat{uid()}"))
     password = "correct horse battery staple"
     prov_user = accounts.create_user(session, username=f"dr{uid()}", password=password, role="provider",
-                                     fhir_user=f"Practitioner/{prac.res_id}", display_name="Dr Test")
+                                     fhir_user=f"Practitioner/{prac.res_id}", display_name="Dr Test",
+                                     settings=settings)
     pat_username = f"pat{uid()}"
     pat_user = accounts.create_user(session, username=pat_username, password=password, role="patient",
-                                    fhir_user=f"Patient/{pat.res_id}", display_name="Patient Test")
+                                    fhir_user=f"Patient/{pat.res_id}", display_name="Patient Test",
+                                    settings=settings)
     if not portal:
         pat_user.active = False
     session.commit()

@@ -13,9 +13,10 @@ from urllib.parse import parse_qsl
 
 from fhirserver.core.errors import FhirError
 from fhirserver.core.http import FhirResponse
-from fhirserver.core.repository import Stored, instant
+from fhirserver.core.instants import instant
 
 if TYPE_CHECKING:
+    from fhirserver.core.repository import Stored
     from fhirserver.core.router import Call
 
 # (resource type, "$name", "type" | "instance") -> handler; filled by the modules that define operations.

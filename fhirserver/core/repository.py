@@ -13,7 +13,7 @@ import json
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -23,6 +23,7 @@ from fhirserver.config import Settings
 from fhirserver.core import access
 from fhirserver.core.crypto import ENCRYPTED_TYPES, KeyRing
 from fhirserver.core.errors import FhirError, not_found
+from fhirserver.core.instants import instant, now_utc
 from fhirserver.core.principal import Principal
 from fhirserver.core.validation import check_id, check_type, parse_json, validate_resource
 from fhirserver.models import ResourceRow, ResourceVersionRow
@@ -78,14 +79,6 @@ def register_rules(res_type: str, before: WriteRule | None = None, after: WriteR
         AFTER_WRITE[res_type].append(after)
 
 
-def now_utc() -> datetime:
-    return datetime.now(UTC)
-
-
-def instant(dt: datetime) -> str:
-    return dt.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def dumps(data: dict[str, Any]) -> bytes:
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
@@ -106,6 +99,9 @@ class Repository:
         self.settings = settings
         self.principal = principal
         self.keys = KeyRing(settings.encryption_keys, settings.active_key_id)
+        # The domain rules (WebMail) always run: every process that writes comes through here.
+        # Imported here, not at module level, because the rules themselves import this module.
+        import fhirserver.rules  # noqa: F401
 
     # -- reading -----------------------------------------------------------------------
     def _decode(self, row: ResourceRow | ResourceVersionRow) -> bytes:
@@ -172,7 +168,7 @@ class Repository:
 
         check_type(res_type)
         access.check_interaction(self.principal, res_type, "s")
-        req = parse_search(res_type, params, cursor_key=cursor_key(self.settings))
+        req = parse_search(res_type, params, cursor_key=cursor_key(self.settings), server_base=self.settings.fhir_base)
         return run_search(self.session, req, access.row_conditions(self.principal, res_type, "s"))
 
     def visible_ids(self, res_type: str, ids: list[str]) -> set[str]:
@@ -210,7 +206,7 @@ class Repository:
                                             content=content, key_id=key_id))
         self.session.flush()
         # Index from the plaintext dict: encrypted elements have no search parameter.
-        write_index(self.session, ctx.res_type, ctx.res_id, data)
+        write_index(self.session, ctx.res_type, ctx.res_id, data, server_base=self.settings.fhir_base)
         return Stored(ctx.res_type, ctx.res_id, version_id, now, raw)
 
     def _run(self, rules: dict[str, list[WriteRule]], ctx: WriteContext) -> None:
@@ -264,8 +260,6 @@ class Repository:
         return ctx.stored, False
 
     def delete(self, res_type: str, res_id: str) -> None:
-        from fhirserver.search.indexing import delete_index
-
         check_type(res_type)
         check_id(res_id)
         access.check_interaction(self.principal, res_type, "d")
@@ -282,7 +276,8 @@ class Repository:
         self.session.add(ResourceVersionRow(res_type=res_type, res_id=res_id, version_id=row.version_id,
                                             last_updated=now, deleted=True, method="DELETE",
                                             content=None, key_id=None))
-        delete_index(self.session, res_type, res_id)
+        # The index rows stay (search skips deleted rows): they still tell who may see the
+        # deletion, so a read answers 410 inside the grant and 404 outside it.
         self.session.flush()
 
 
@@ -294,7 +289,3 @@ def cursor_key(settings: Settings) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"fhirserver search cursor").derive(
         settings.secret_key.encode()
     )
-
-
-# The domain rules (WebMail) always run: every process that writes goes through here.
-from fhirserver import rules as _rules  # noqa: E402,F401

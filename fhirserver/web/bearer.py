@@ -22,9 +22,8 @@ def unauthorized(error: str | None = None) -> FhirError:
 def principal_from_header(
     header: str | None, session: Session, settings: Settings, address: str | None, request_id: str
 ) -> Principal:
-    from smart_auth.tokens import InvalidToken, verify_access_token
-
     from smart_auth.accounts import staff_providers
+    from smart_auth.tokens import InvalidToken, verify_access_token
 
     if not header:
         raise unauthorized()

@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 from datetime import UTC, datetime
 
 from fhirserver.core.repository import WriteContext
 from fhirserver.models import OutboxRow
 from fhirserver.webmail import profile
 from fhirserver.webmail.profile import refs
-
-
-def message_id(communication_id: str, recipient_ref: str, mail_from: str) -> str:
-    """A stable Message-ID per (message, recipient): retries reuse it, so duplicates are recognisable."""
-    digest = hashlib.sha256(f"{communication_id}|{recipient_ref}".encode()).hexdigest()[:24]
-    domain = mail_from.rpartition("@")[2] or "localhost"
-    return f"<webmail-{digest}@{domain}>"
+from notifier.email import message_id_for
 
 
 def after_communication(ctx: WriteContext) -> None:
@@ -34,7 +27,8 @@ def after_communication(ctx: WriteContext) -> None:
             status="pending",
             attempts=0,
             created_at=datetime.now(UTC),
-            message_id=message_id(ctx.res_id, ref, ctx.settings.mail_from),
+            # Stable per (message, recipient): every retry sends the same Message-ID.
+            message_id=message_id_for(ctx.res_id, ref, ctx.settings.mail_from, secret=ctx.settings.secret_key),
         )
         ctx.session.add(row)
         ctx.session.flush()

@@ -11,7 +11,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fhirserver.core.errors import FhirError, Issue, business_rule, forbidden
-from fhirserver.core.repository import WriteContext, instant
+from fhirserver.core.instants import instant
+from fhirserver.core.repository import WriteContext
 from fhirserver.webmail import profile
 from fhirserver.webmail.profile import refs, split_ref
 

@@ -15,9 +15,8 @@ FHIR = "application/fhir+json"
 
 
 def token_for(app, settings, user_id: str, scope: str, patient: str | None = None) -> str:
-    from smart_auth.tokens import issue_access_token
-
     from smart_auth.accounts import get_user
+    from smart_auth.tokens import issue_access_token
 
     with app.app_context():
         user = get_user(db.session, user_id)

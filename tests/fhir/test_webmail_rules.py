@@ -45,7 +45,7 @@ def test_outbox_row_rolls_back_with_the_message(db_session, settings):
 def test_subject_and_body_required(db_session, settings, field, expr):
     p = make_practice(db_session, settings)
     msg = message_json(p.practitioner_ref, p.patient_ref)
-    msg[field] = {"text": "  "} if field == "topic" else [{"contentString": ""}]
+    msg[field] = {"text": "  "} if field == "topic" else [{"contentString": "   "}]
     with pytest.raises(FhirError) as exc:
         Repository(db_session, settings, p.provider).create("Communication", msg)
     assert exc.value.status == 422
