@@ -1,0 +1,401 @@
+"""The ``fhirserver`` command: serve, worker, db upgrade, seed, client add, token.
+
+Operators meet the server here, so every expected failure (a bad setting, an unknown
+user, a malformed scope or URL, an unreachable database) ends in one clear line and a
+non-zero exit, never a traceback. Messages name the problem, never the secret, token,
+username or database password involved.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import secrets
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import click
+
+from fhirserver.config import ROOT, Settings, SettingsError, load_settings
+
+CLI_CLIENT_ID = "fhirserver-cli"
+DEFAULT_BIND = "127.0.0.1:8080"
+CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{2,99}$")
+BIND_RE = re.compile(r"^(unix:/\S+|(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5})$")
+# The access log carries the path only (%(U)s): query strings and referrers may hold PHI or OAuth codes.
+ACCESS_LOG_FORMAT = '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms'
+
+# ---------------------------------------------------------------- helpers
+
+
+def var_dir() -> Path:
+    """Where development state lives (the same rule as fhirserver.config)."""
+    return Path(os.environ.get("VAR_DIR", ROOT / "var"))
+
+
+def get_settings() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:  # e.g. JWT_PRIVATE_KEY_FILE unreadable
+        raise click.ClickException(f"cannot read a settings file: {exc.strerror}") from None
+
+
+def _db_message(exc: BaseException) -> str:
+    """First line of a driver error: it names host/port or the file, never the password."""
+    orig = getattr(exc, "orig", None) or exc
+    first = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+    if "no such table" in first or ("relation" in first and "does not exist" in first):
+        return f"database error: {first} (run `fhirserver db upgrade` first)"
+    return f"database error: {first}"
+
+
+@contextmanager
+def db_session(settings: Settings) -> Iterator[Any]:
+    """A session for one command; database errors become a one-line message."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from fhirserver.db import make_sessionmaker
+
+    maker = make_sessionmaker(settings.database_url)
+    session = maker()
+    try:
+        yield session
+    except SQLAlchemyError as exc:
+        session.rollback()
+        raise click.ClickException(_db_message(exc)) from None
+    finally:
+        session.close()
+        maker.kw["bind"].dispose()
+
+
+def check_redirect_uri(uri: str, *, allow_http_loopback: bool = True) -> str:
+    """An absolute https URL (http only on a loopback host), no fragment, no userinfo."""
+    try:
+        parts = urlsplit(uri)
+        host = parts.hostname or ""
+        _ = parts.port  # raises ValueError on a malformed port
+    except ValueError:
+        raise click.BadParameter("not a valid URL", param_hint="--redirect-uri") from None
+    if parts.fragment or "@" in parts.netloc or not host:
+        raise click.BadParameter(
+            "must be an absolute URL without fragment or user info", param_hint="--redirect-uri"
+        )
+    loopback = host == "localhost"
+    with suppress(ValueError):
+        loopback = loopback or ipaddress.ip_address(host).is_loopback
+    if parts.scheme == "https" or (parts.scheme == "http" and loopback and allow_http_loopback):
+        return uri
+    raise click.BadParameter(
+        "must use https (http is allowed only for 127.0.0.1, [::1] or localhost)", param_hint="--redirect-uri"
+    )
+
+
+def check_scope(scope: str, *, param_hint: str = "--scope") -> str:
+    """Every scope must be a well-formed SMART resource scope or one we know; never guessed at."""
+    from smart_auth.scope_policy import IDENTITY_SCOPES, LAUNCH_PATIENT
+    from smart_auth.scopes import ScopeError, parse_scope
+
+    words = scope.split()
+    if not words:
+        raise click.BadParameter("must not be empty", param_hint=param_hint)
+    for word in words:
+        try:
+            resource = parse_scope(word)
+        except ScopeError as exc:
+            raise click.BadParameter(str(exc), param_hint=param_hint) from None
+        if resource is None and word not in IDENTITY_SCOPES | {LAUNCH_PATIENT}:
+            raise click.BadParameter(f"unknown scope {word!r}", param_hint=param_hint)
+    return " ".join(words)
+
+
+# ---------------------------------------------------------------- the command
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """FHIR R4 server with SMART-on-FHIR auth and secure WebMail."""
+
+
+@main.command()
+@click.option("--bind", default=None, help=f"HOST:PORT to listen on [default: $BIND or {DEFAULT_BIND}].")
+@click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True)
+@click.option("--threads", type=click.IntRange(1, 64), default=8, show_default=True)
+@click.option("--dev", is_flag=True, help="Development: also run the SMTP sink and a Celery worker with beat.")
+def serve(bind: str | None, workers: int, threads: int, dev: bool) -> None:
+    """Run the web server (gunicorn): API, auth, portal and console on one origin."""
+    settings = get_settings()
+    if dev:
+        from fhirserver.devserver import run_dev
+
+        if not settings.dev_mode:
+            raise click.ClickException("serve --dev runs only with FHIRSERVER_ENV=development")
+        dev_bind = bind or urlsplit(settings.base_url).netloc
+        if not BIND_RE.match(dev_bind):
+            raise click.BadParameter("expected HOST:PORT", param_hint="--bind")
+        sys.exit(run_dev(settings, bind=dev_bind, var=var_dir()))
+    bind = bind or os.environ.get("BIND") or DEFAULT_BIND
+    if not BIND_RE.match(bind):
+        raise click.BadParameter("expected HOST:PORT or unix:/path", param_hint="--bind")
+    run_gunicorn(bind=bind, workers=workers, threads=threads)
+
+
+def run_gunicorn(*, bind: str, workers: int, threads: int) -> None:
+    """Run gunicorn in this process on ``fhirserver.wsgi:application`` (each worker loads it)."""
+    from gunicorn.app.base import BaseApplication
+
+    options = {
+        "bind": bind,
+        "workers": workers,
+        "threads": threads,
+        "worker_class": "gthread" if threads > 1 else "sync",
+        "accesslog": "-",
+        "access_log_format": ACCESS_LOG_FORMAT,
+        "graceful_timeout": 10,
+        "proc_name": "fhirserver",
+        # gunicorn >= 24 opens a control socket in ~/.gunicorn by default: unused here, and two
+        # servers on one machine would share it.
+        "control_socket_disable": True,
+    }
+
+    class _Gunicorn(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            for key, value in options.items():
+                if key in self.cfg.settings:  # settings unknown to an older gunicorn are skipped
+                    self.cfg.set(key, value)
+
+        def load(self) -> Any:
+            from fhirserver.wsgi import application
+
+            return application
+
+    _Gunicorn().run()
+
+
+@main.command()
+@click.option("--beat", is_flag=True, help="Also run the periodic scheduler (one per deployment).")
+@click.option("--pool", type=click.Choice(["threads", "solo", "prefork"]), default="threads", show_default=True)
+@click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True)
+@click.option("--loglevel", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]), default="INFO")
+@click.option(
+    "--schedule-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Where beat keeps its state [default: $VAR_DIR/celerybeat-schedule].",
+)
+def worker(beat: bool, pool: str, concurrency: int, loglevel: str, schedule_file: Path | None) -> None:
+    """Run the Celery worker that sends notifications (broker: BROKER_URL)."""
+    settings = get_settings()
+    from notifier.celery_app import make_celery
+
+    if settings.broker_url.startswith("filesystem://"):
+        for sub in ("", "processed"):
+            Path(settings.broker_folder, sub).mkdir(parents=True, exist_ok=True)
+    app = make_celery(settings)
+    argv = ["worker", f"--loglevel={loglevel}", f"--pool={pool}", f"--concurrency={concurrency}"]
+    if beat:
+        schedule_file = schedule_file or var_dir() / "celerybeat-schedule"
+        schedule_file.parent.mkdir(parents=True, exist_ok=True)
+        argv += ["--beat", f"--schedule-filename={schedule_file}"]
+    app.worker_main(argv)
+
+
+@main.command("mail-sink", hidden=True)
+@click.option("--folder", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=8025, show_default=True)
+def mail_sink(folder: Path, host: str, port: int) -> None:
+    """Development SMTP server that saves each email as FOLDER/*.eml (used by serve --dev)."""
+    from notifier.smtp_sink import run_sink
+
+    folder.mkdir(parents=True, exist_ok=True)
+    run_sink(folder=folder, host=host, port=port)
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Apply every migration (one Alembic history for all tables)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from fhirserver.migrate import upgrade
+
+    settings = get_settings()
+    url = make_url(settings.database_url)
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        upgrade(settings.database_url)
+    except SQLAlchemyError as exc:
+        raise click.ClickException(_db_message(exc)) from None
+    click.echo(f"database schema is up to date ({url.get_backend_name()})")
+
+
+@main.command()
+@click.option("--clients-only", is_flag=True, help="Register only the portal and console OAuth clients.")
+@click.option(
+    "--fixture",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Demo practice file [default: fixtures/demo-practice.json].",
+)
+def seed(clients_only: bool, fixture: Path | None) -> None:
+    """Load the demo practice (development only), or just the first-party clients; idempotent."""
+    from fhirserver import seed as seeding
+
+    settings = get_settings()
+    if not clients_only and not settings.dev_mode:
+        raise click.ClickException(
+            "refusing to load the demo practice (its accounts have published passwords) outside "
+            "FHIRSERVER_ENV=development; use --clients-only to register the portal and console clients"
+        )
+    try:
+        data = None if clients_only else seeding.load_fixture(fixture or seeding.FIXTURE)
+    except seeding.SeedError as exc:
+        raise click.ClickException(str(exc)) from None
+    if settings.notify_dispatch == "celery":
+        # The demo messages' notifications are enqueued when the seed commits (else the sweep sends them).
+        from notifier.dispatch import install
+
+        install(settings)
+    with db_session(settings) as session:
+        try:
+            if data is None:
+                report = seeding.seed_clients(session, settings)
+            else:
+                report = seeding.seed_demo(session, settings, data)
+        except seeding.SeedError as exc:
+            session.rollback()
+            raise click.ClickException(str(exc)) from None
+        session.commit()
+    click.echo(
+        f"seed: {len(report.created)} created, {len(report.updated)} updated, "
+        f"{len(report.existing)} already present"
+    )
+
+
+@main.group()
+def client() -> None:
+    """OAuth clients."""
+
+
+@client.command("add")
+@click.option("--id", "client_id", required=True, help="The client_id (letters, digits, . _ -).")
+@click.option("--name", required=True, help="Shown to users on the consent page.")
+@click.option("--redirect-uri", "redirect_uris", multiple=True, required=True, help="Repeat for several.")
+@click.option("--scope", required=True, help="The most this client may ask for (space separated).")
+@click.option("--public/--confidential", default=False, help="Public clients have no secret (PKCE only).")
+@click.option("--first-party", is_flag=True, help="Our own app: no consent page.")
+def client_add(
+    client_id: str, name: str, redirect_uris: tuple[str, ...], scope: str, public: bool, first_party: bool
+) -> None:
+    """Register an OAuth client; a confidential client's secret is printed once."""
+    if not CLIENT_ID_RE.match(client_id):
+        raise click.BadParameter("3-100 characters: letters, digits, '.', '_' or '-'", param_hint="--id")
+    if not name.strip():
+        raise click.BadParameter("must not be empty", param_hint="--name")
+    uris = [check_redirect_uri(u) for u in redirect_uris]
+    scope = check_scope(scope)
+    settings = get_settings()
+    from smart_auth.clients import ClientError, register_client
+    from smart_auth.models import OAuthClient
+
+    secret = None if public else secrets.token_urlsafe(32)
+    with db_session(settings) as session:
+        if session.get(OAuthClient, client_id) is not None:
+            raise click.ClickException("a client with this id already exists")
+        try:
+            register_client(
+                session,
+                client_id=client_id,
+                name=name.strip(),
+                redirect_uris=uris,
+                scope=scope,
+                secret=secret,
+                first_party=first_party,
+            )
+        except ClientError as exc:
+            raise click.ClickException(str(exc)) from None
+        session.commit()
+    kind = "public" if public else "confidential"
+    click.echo(f"registered {kind} client {client_id}", err=True)
+    if secret:
+        click.echo("client secret (shown only now; store it safely):", err=True)
+        click.echo(secret)
+
+
+def default_scope(role: str) -> str:
+    return "patient/*.cruds" if role == "patient" else "user/*.cruds"
+
+
+def check_scope_for_role(scope: str, role: str) -> str:
+    """Only scopes the user's role may hold (the authorization server's rule); no patient picking here."""
+    from smart_auth.scope_policy import LAUNCH_PATIENT, role_allows
+    from smart_auth.scopes import parse_scope
+
+    for word in scope.split():
+        rs = parse_scope(word)
+        if rs is not None and rs.context == "system":
+            raise click.BadParameter("system scopes are for backend-service clients", param_hint="--scope")
+        if not role_allows(role, word):
+            raise click.BadParameter(f"{word!r} is not allowed for this user's role", param_hint="--scope")
+        if role != "patient" and (word == LAUNCH_PATIENT or (rs is not None and rs.context == "patient")):
+            raise click.BadParameter(
+                "patient/ scopes need a patient in context, which this command does not set; use user/ scopes",
+                param_hint="--scope",
+            )
+    return scope
+
+
+@main.command()
+@click.option("--user", "username", required=True, help="The user the token acts as.")
+@click.option("--scope", default=None, help="Default: user/*.cruds (patient/*.cruds for a patient).")
+@click.option("--lifetime", type=click.IntRange(60, 3600), default=3600, show_default=True, help="Seconds.")
+def token(username: str, scope: str | None, lifetime: int) -> None:
+    """Print an access token for a user (audited), for operators and scripts."""
+    settings = get_settings()
+    from fhirserver.core.audit import security_event
+    from smart_auth.accounts import find_by_username
+    from smart_auth.tokens import issue_access_token
+
+    with db_session(settings) as session:
+        user = find_by_username(session, username)
+        if user is None:
+            raise click.ClickException("no such user")
+        if not user.active:
+            raise click.ClickException("this account is disabled")
+        scope = check_scope_for_role(check_scope(scope or default_scope(user.role)), user.role)
+        patient = user.fhir_user.split("/", 1)[1] if user.role == "patient" and user.fhir_user else None
+        access_token = issue_access_token(
+            settings,
+            user=user,
+            client_id=CLI_CLIENT_ID,
+            scope=scope,
+            patient=patient,
+            lifetime=lifetime,
+        )
+        security_event(
+            session,
+            subtype="cli-token",
+            outcome="0",
+            user_id=user.id,
+            client_id=CLI_CLIENT_ID,
+            description="operator token issued",
+        )
+        session.commit()
+    click.echo(access_token)
+
+
+if __name__ == "__main__":
+    main()
