@@ -51,7 +51,7 @@ def get_user(session: Session, user_id: str) -> UserAccount | None:
 
 def find_by_username(session: Session, username: str) -> UserAccount | None:
     name = normalize_username(username)
-    if not name:
+    if not name or "\x00" in name:  # no stored username holds a NUL; PostgreSQL refuses one in a query
         return None
     return session.execute(select(UserAccount).where(UserAccount.username == name)).scalar_one_or_none()
 

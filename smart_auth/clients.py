@@ -78,7 +78,8 @@ def register_client(
 
 
 def get_client(session: Session, client_id: str | None) -> OAuthClient | None:
-    if not client_id or len(client_id) > 100:
+    # A NUL matches no registered id, and PostgreSQL refuses it as a query parameter (a 500).
+    if not client_id or len(client_id) > 100 or "\x00" in client_id:
         return None
     return session.execute(select(OAuthClient).where(OAuthClient.client_id == client_id)).scalar_one_or_none()
 
@@ -108,7 +109,10 @@ def check_secret(client: OAuthClient, secret: str) -> bool:
 
 
 def origin_of(uri: str) -> str | None:
-    parts = urlsplit(uri)
+    try:
+        parts = urlsplit(uri)
+    except ValueError:  # e.g. "https://[::1" (an unclosed IPv6 literal)
+        return None
     if parts.scheme not in ("http", "https") or not parts.netloc:
         return None
     return f"{parts.scheme}://{parts.netloc}".lower()

@@ -137,7 +137,9 @@ def search_params(call: Call) -> list[tuple[str, str]]:
         if ctype != "application/x-www-form-urlencoded":
             raise FhirError(415, "not-supported", "POST _search takes application/x-www-form-urlencoded")
         try:
-            params += parse_qsl(call.request.body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
+            # errors="strict": a percent-encoded byte that is not UTF-8 is refused, not replaced.
+            params += parse_qsl(call.request.body.decode("utf-8"), keep_blank_values=True, strict_parsing=False,
+                                errors="strict")
         except UnicodeDecodeError as exc:
             raise FhirError(400, "invalid", "The search body is not UTF-8") from exc
     return [(k, v) for k, v in params if k not in ("_format", "_pretty")]
@@ -174,7 +176,10 @@ def _operation(call: Call, level: str) -> FhirResponse:
     key = (call.params["type"], call.params["op"], level)
     fn = OPERATIONS.get(key)
     if fn is None:
-        raise FhirError(404, "not-supported", f"Operation {call.params['op']} is not supported on this path")
+        # Only an operation this server defines is named back; anything else is the client's text.
+        known = any(name == call.params["op"] for _, name, _ in OPERATIONS)
+        what = f"Operation {call.params['op']}" if known else "This operation"
+        raise FhirError(404, "not-supported", f"{what} is not supported on this path")
     call.operation = call.params["op"]
     return fn(call)
 

@@ -10,6 +10,7 @@ owns the transaction: it commits or rolls back.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -83,12 +84,15 @@ def dumps(data: dict[str, Any]) -> bytes:
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
+VERSION_RE = re.compile(r"[0-9]{1,18}")  # ASCII digits only: str.isdigit() also accepts "²"
+
+
 def parse_etag(value: str) -> int:
     v = value.strip()
     if v.startswith("W/"):
         v = v[2:]
     v = v.strip('"')
-    if not v.isdigit():
+    if not VERSION_RE.fullmatch(v):
         raise FhirError(400, "invalid", "If-Match must be an ETag like W/\"3\"")
     return int(v)
 
@@ -144,9 +148,11 @@ class Repository:
 
     def vread(self, res_type: str, res_id: str, version_id: str) -> Stored:
         self._visible_row(res_type, res_id, "r")
-        if not version_id.isdigit():
+        if not re.fullmatch(r"[0-9]+", version_id):
             raise FhirError(400, "invalid", "The version id must be a number")
-        row = self.session.get(ResourceVersionRow, (res_type, res_id, int(version_id)))
+        # More digits than any stored version (and than the integer column holds) is simply absent.
+        row = None if len(version_id) > 9 else self.session.get(ResourceVersionRow,
+                                                                  (res_type, res_id, int(version_id)))
         if row is None:
             raise FhirError(404, "not-found", f"{res_type}/{res_id} has no version {version_id}")
         if row.deleted:
@@ -240,15 +246,17 @@ class Repository:
             raise FhirError(400, "invalid", f"resourceType must be {res_type}", ["resourceType"])
         if data.get("id") != res_id:
             raise FhirError(400, "invalid", "The id in the body must match the id in the URL", ["id"])
+        # A malformed If-Match is a 400 whether or not the resource exists.
+        expected = parse_etag(if_match) if if_match is not None else None
         row = self._current(res_type, res_id, lock=True)
         if row is None:
-            if if_match:
+            if expected is not None:
                 raise FhirError(412, "conflict", "If-Match given, but the resource does not exist")
             return self.create(res_type, data, res_id=res_id), True
         access.check_interaction(self.principal, res_type, "u")
         if not access.can_see(self.session, self.principal, res_type, res_id, "u"):
             raise not_found(res_type, res_id)
-        if if_match is not None and parse_etag(if_match) != row.version_id:
+        if expected is not None and expected != row.version_id:
             raise FhirError(412, "conflict", "The resource has changed since the version given in If-Match")
         old = None if row.deleted else self.to_stored(row).json()
         ctx = self._context(res_type, res_id, data, old)

@@ -66,15 +66,20 @@ ROUTES: list[tuple[str, str, str, Handler]] = [
     ("POST", ":type/:id/$:op", "operation", interactions.instance_operation),
 ]
 WRITES = frozenset({"create", "update", "delete"})
+# Paths spelled out in full (``metadata``): only their own routes apply, so that
+# ``POST metadata`` is a 405 rather than a create on a resource type named "metadata".
+LITERAL_PATHS = frozenset(p for _, p, _, _ in ROUTES if not any(x.startswith((":", "$:")) for x in p.split("/")))
 
 
 def match(method: str, path: str) -> tuple[str, Handler, dict[str, str]] | None:
     """Find the route for a request; returns (interaction, handler, path params)."""
     segments = [s for s in path.split("/") if s]
+    joined = "/".join(segments)
+    literal = joined if joined in LITERAL_PATHS else None
     method_seen = False
     for r_method, pattern, name, handler in ROUTES:
         parts = pattern.split("/")
-        if len(parts) != len(segments):
+        if len(parts) != len(segments) or (literal is not None and pattern != literal):
             continue
         params: dict[str, str] = {}
         for part, seg in zip(parts, segments, strict=True):

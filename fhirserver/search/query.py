@@ -147,6 +147,8 @@ def _parse_missing(name: str, param: SearchParam, parts: list[str]) -> Clause:
 
 def _parse_clause(res_type: str, name: str, value: str, ctx: Context) -> Clause | None:
     param, modifier = _lookup(res_type, name)
+    if "\x00" in value:  # no stored value holds one, and PostgreSQL refuses it as a query parameter
+        raise _bad(name, "must not contain NUL characters")
     parts = [p for p in split_escaped(value, ",") if p]
     if not parts:
         return None  # an empty value is ignored (FHIR search: empty parameters are ignored)

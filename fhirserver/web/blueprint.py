@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import uuid
+from urllib.parse import unquote_to_bytes
 
 from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
@@ -16,7 +17,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from fhirserver.core import audit
 from fhirserver.core.errors import FhirError
 from fhirserver.core.http import FhirRequest, FhirResponse
-from fhirserver.core.router import dispatch, error_response
+from fhirserver.core.router import dispatch, error_response, match
 from fhirserver.extensions import db
 from fhirserver.web.bearer import principal_from_header
 
@@ -37,6 +38,10 @@ def _to_flask(resp: FhirResponse, request_id: str) -> Response:
 
 
 def _check_format() -> None:
+    try:  # Werkzeug would replace bytes that are not UTF-8 and search for the replacement character
+        unquote_to_bytes(request.query_string.replace(b"+", b" ")).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise FhirError(400, "invalid", "The query string is not UTF-8") from exc
     fmt = request.args.get("_format")
     if fmt and fmt not in ("json", "application/json", "application/fhir+json"):
         raise FhirError(406, "not-supported", "Only JSON is supported")
@@ -47,6 +52,9 @@ def _check_format() -> None:
         ctype = (request.mimetype or "").lower()
         if ctype not in JSON_TYPES and not request.path.rsplit("/", 1)[-1].startswith("$"):
             raise FhirError(415, "not-supported", "Send FHIR resources as application/fhir+json")
+        charset = request.mimetype_params.get("charset", "utf-8").lower()
+        if charset not in ("utf-8", "utf8"):  # FHIR JSON is UTF-8; the body is read as UTF-8
+            raise FhirError(415, "not-supported", "Send FHIR resources in UTF-8 (charset=utf-8)")
 
 
 def create_fhir_blueprint() -> Blueprint:
@@ -60,6 +68,7 @@ def create_fhir_blueprint() -> Blueprint:
         request_id = rid if REQUEST_ID.match(rid) else uuid.uuid4().hex
         session = db.session()
         try:
+            match(request.method, path)  # a method the path does not take is a 405 before anything else
             _check_format()
             body = request.get_data(cache=False) if request.method in ("POST", "PUT", "PATCH") else b""
             req = FhirRequest(

@@ -14,6 +14,9 @@ from fhirserver.webmail import profile, read_state
 if TYPE_CHECKING:
     from fhirserver.core.router import Call
 
+# Parameters of the HTTP layer (the response format), allowed on every interaction.
+HTTP_PARAMS = frozenset({"_format", "_pretty"})
+
 
 def _parameters(*params: dict[str, Any]) -> dict[str, Any]:
     return {"resourceType": "Parameters", "parameter": list(params)}
@@ -22,6 +25,13 @@ def _parameters(*params: dict[str, Any]) -> dict[str, Any]:
 def _require_post(call: Call) -> None:
     if call.request.method != "POST":
         raise FhirError(405, "not-supported", f"{call.params['op']} changes state: use POST")
+
+
+def _no_parameters(call: Call) -> None:
+    """These operations take no parameters: anything sent is refused, not silently ignored."""
+    sent = [k for k, _ in call.request.query if k not in HTTP_PARAMS]
+    if sent or call.request.body.strip():
+        raise FhirError(400, "invalid", f"{call.params['op']} takes no parameters")
 
 
 def _user(call: Call) -> tuple[str, str]:
@@ -33,6 +43,7 @@ def _user(call: Call) -> tuple[str, str]:
 
 def mark_read(call: Call) -> FhirResponse:
     _require_post(call)
+    _no_parameters(call)
     stored = call.repo.read("Communication", call.params["id"])
     call.res_id = stored.res_id
     user_id, reader = _user(call)
@@ -42,6 +53,7 @@ def mark_read(call: Call) -> FhirResponse:
 
 def mark_unread(call: Call) -> FhirResponse:
     _require_post(call)
+    _no_parameters(call)
     stored = call.repo.read("Communication", call.params["id"])
     call.res_id = stored.res_id
     user_id, _ = _user(call)
@@ -50,8 +62,7 @@ def mark_unread(call: Call) -> FhirResponse:
 
 
 def unread_count(call: Call) -> FhirResponse:
-    if call.request.query or call.request.body:
-        raise FhirError(400, "invalid", "$unread-count takes no parameters")
+    _no_parameters(call)
     p = call.principal
     access.check_interaction(p, "Communication", "s")
     if not p.user_id:
@@ -80,8 +91,7 @@ def grant_portal_access(call: Call) -> FhirResponse:
     from smart_auth.accounts import grant_portal_access as grant
 
     _require_post(call)
-    if call.request.body.strip():
-        raise FhirError(400, "invalid", "$grant-portal-access takes no parameters")
+    _no_parameters(call)
     p = call.principal
     if p.role not in ("provider", "staff", "system"):
         raise forbidden("Only providers and staff grant portal access")

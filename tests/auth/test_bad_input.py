@@ -6,12 +6,7 @@ import base64
 
 import pytest
 
-from tests.auth.support import authorize_params, csrf_from, login, make_client, make_user, new_web_client, pkce_pair
-
-
-@pytest.fixture()
-def web(app):
-    return new_web_client(app)
+from tests.auth.support import authorize_params, csrf_from, login, make_client, make_user, pkce_pair
 
 
 def _basic(raw: bytes) -> dict[str, str]:
@@ -122,3 +117,131 @@ def test_login_and_password_forms_malformed(web, db_session, settings) -> None:
         assert r.status_code == 400, data
     assert web.post("/auth/jwks").status_code == 405
     assert web.delete("/auth/login").status_code == 405
+
+
+# -- characters no parameter may carry, values that must not come back -------------------------
+
+SENTINEL = "Qz7!sentinel"
+BAD_CHARS = {"nul": f"\x00{SENTINEL}", "line-break": f"a\r\n{SENTINEL}", "non-ascii": f"\u00e9{SENTINEL}",
+             "replacement": f"\ufffd{SENTINEL}"}
+
+
+def _grant_rows(db_session) -> dict[str, int]:
+    """Rows that a refused authorization or token request must not add."""
+    from sqlalchemy import func, select
+
+    from smart_auth.models import AuthorizationCode, Consent, RefreshToken, UserAccount
+
+    db_session.rollback()  # a fresh snapshot (the session may hold an older transaction)
+    counts = {m.__tablename__: db_session.scalar(select(func.count()).select_from(m))
+              for m in (AuthorizationCode, RefreshToken, Consent, UserAccount)}
+    db_session.rollback()  # end the transaction: on SQLite it holds the write lock the app needs
+    return counts
+
+
+@pytest.mark.parametrize("bad", sorted(BAD_CHARS))
+@pytest.mark.parametrize("param", ["client_id", "redirect_uri", "response_type", "scope", "state", "aud",
+                                   "code_challenge", "code_challenge_method", "launch", "nonce"])
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_authorize_parameters_with_control_or_non_ascii_characters(web, db_session, settings, param, bad,
+                                                                   method) -> None:
+    """NUL reached PostgreSQL (a 500), and Authlib refused to build an error description holding
+    non-ASCII (another 500). RFC 6749 parameters are printable ASCII: refused on a page, no redirect."""
+    app_ = make_client(db_session)
+    _, challenge = pkce_pair()
+    params = {**authorize_params(settings, app_, "launch/patient patient/*.rs", challenge), param: BAD_CHARS[bad]}
+    before = _grant_rows(db_session)
+    # (the first authorize request may be a form POST: it is CSRF-exempt)
+    r = web.get("/auth/authorize", query_string=params) if method == "GET" else web.post("/auth/authorize",
+                                                                                           data=params)
+    assert r.status_code == 400, r.data[:300]
+    assert "Location" not in r.headers
+    assert SENTINEL.encode() not in r.data
+    assert _grant_rows(db_session) == before
+
+
+def test_authorize_error_page_does_not_repeat_the_redirect_uri(web, db_session, settings) -> None:
+    app_ = make_client(db_session)
+    _, challenge = pkce_pair()
+    for uri in (f"https://elsewhere.example/{SENTINEL}", f"{app_.redirect_uri}?x={SENTINEL}", SENTINEL):
+        params = authorize_params(settings, app_, "launch/patient patient/*.rs", challenge, redirect_uri=uri)
+        r = web.get("/auth/authorize", query_string=params)
+        assert r.status_code == 400 and "Location" not in r.headers
+        assert SENTINEL.encode() not in r.data, uri
+        assert b"not valid" in r.data
+
+
+@pytest.mark.parametrize("bad", sorted(BAD_CHARS))
+@pytest.mark.parametrize("param", ["grant_type", "client_id", "code", "redirect_uri", "code_verifier",
+                                   "client_secret", "refresh_token", "scope"])
+def test_token_parameters_with_control_or_non_ascii_characters(web, db_session, param, bad) -> None:
+    """A NUL client_id reached PostgreSQL (a 500), also through the CORS check of an Origin request."""
+    app_ = make_client(db_session)
+    base = {"grant_type": "authorization_code", "client_id": app_.client_id, "code": "c" * 43,
+            "redirect_uri": app_.redirect_uri, "code_verifier": "v" * 50}
+    if param in ("refresh_token", "scope"):
+        base = {"grant_type": "refresh_token", "client_id": app_.client_id, "refresh_token": "r" * 43}
+    before = _grant_rows(db_session)
+    for headers in ({}, {"Origin": "https://app.example"}):
+        r = web.post("/auth/token", data={**base, param: BAD_CHARS[bad]}, headers=headers)
+        assert r.status_code in (400, 401), (r.status_code, r.data[:300])
+        assert r.mimetype == "application/json" and r.json["error"]
+        assert SENTINEL.encode() not in r.data
+    assert _grant_rows(db_session) == before
+
+
+@pytest.mark.parametrize("raw", [b"\x00" + SENTINEL.encode() + b":secret", b"client:\x00" + SENTINEL.encode(),
+                                 b"%00" + SENTINEL.encode() + b":secret", SENTINEL.encode() + b"\xff:\xfe"])
+def test_token_basic_credentials_with_nul_or_bad_bytes(web, db_session, raw) -> None:
+    before = _grant_rows(db_session)
+    r = web.post("/auth/token", data={"grant_type": "authorization_code", "code": "c"}, headers=_basic(raw))
+    assert r.status_code == 401 and r.json["error"] == "invalid_client", r.data[:300]
+    assert SENTINEL.encode() not in r.data
+    assert _grant_rows(db_session) == before
+
+
+@pytest.mark.parametrize("bad", sorted(BAD_CHARS))
+def test_login_with_control_or_non_ascii_characters(web, db_session, settings, bad) -> None:
+    """A NUL username reached PostgreSQL (a 500). Every such login is an ordinary failed login;
+    the password is never written back into the page."""
+    username = make_user(db_session, settings).username
+    token = csrf_from(web.get("/auth/login").data)
+    before = _grant_rows(db_session)
+    for data in ({"username": BAD_CHARS[bad], "password": "whatever password"},
+                 {"username": username, "password": BAD_CHARS[bad]},
+                 {"username": username + BAD_CHARS[bad], "password": "correct horse battery staple"}):
+        r = web.post("/auth/login", data={"csrf_token": token, **data})
+        assert r.status_code == 400, (data, r.data[:300])
+        assert b"not correct" in r.data
+        if data["password"] == BAD_CHARS[bad]:
+            assert SENTINEL.encode() not in r.data
+    r = web.post("/auth/login", data=b"csrf_token=" + token.encode() + b"&username=%FF%00" + SENTINEL.encode()
+                 + b"&password=\xff\xfe", content_type="application/x-www-form-urlencoded")
+    assert r.status_code == 400
+    assert _grant_rows(db_session) == before
+
+
+@pytest.mark.parametrize("target", ["https://[::1", "http://%5B/", "//[/", "http://[/x", f"/auth/\x00{SENTINEL}",
+                                    f"https://{SENTINEL}.example/", f"javascript:{SENTINEL}"])
+def test_logout_next_that_is_no_url_is_ignored(web, target) -> None:
+    """An unclosed IPv6 literal made urlsplit raise: a 500 on the logout page."""
+    r = web.get("/auth/logout", query_string={"next": target})
+    assert r.status_code == 200, r.data[:300]
+    assert SENTINEL.encode() not in r.data
+    r = web.post("/auth/logout", data={"csrf_token": csrf_from(r.data), "next": target})
+    assert r.status_code == 303
+    assert r.headers["Location"].startswith("/auth/login") and SENTINEL not in r.headers["Location"]
+
+
+def test_discovery_and_jwks_refuse_other_methods(web) -> None:
+    for path in ("/.well-known/smart-configuration", "/fhir/.well-known/smart-configuration", "/auth/jwks"):
+        for method in ("POST", "PUT", "DELETE", "PATCH"):
+            r = web.open(path, method=method, data=SENTINEL)
+            # Under /fhir the FHIR API answers (a PUT there is an update of an unknown type...): a 4xx.
+            if path.startswith("/fhir/"):
+                assert 400 <= r.status_code < 500 and r.json["resourceType"] == "OperationOutcome", (path, method)
+            else:
+                assert r.status_code == 405, (path, method)
+            assert SENTINEL.encode() not in r.data
+    r = web.get("/.well-known/smart-configuration", query_string={"x": BAD_CHARS["nul"]})
+    assert r.status_code == 200 and SENTINEL.encode() not in r.data
