@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.loadgen import Result, run  # noqa: E402
-from tests.conftest import create_pg_database, drop_pg_database, free_port, test_env  # noqa: E402
+from tests.support import create_pg_database, drop_pg_database, free_port, test_env  # noqa: E402
 
 GUNICORN = ["-w", "2", "-k", "gthread", "--threads", "4", "--log-level", "warning"]
 FHIR = "application/fhir+json"

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
-from flask import Flask, current_app, redirect, request, session
+from flask import Blueprint, Flask, current_app, redirect, request, session
 from werkzeug.wrappers import Response
 
 from portal_app import oauth
@@ -274,6 +274,21 @@ def logout() -> Response:
     base = _config().public_base
     query = urlencode({"next": "/portal/signed-out"})
     return redirect(f"{base}/auth/logout?{query}", 303)
+
+
+def add_sign_in_routes(bp: Blueprint, realm_name: str) -> None:
+    """The sign-in routes of one face: GET /login and /callback, POST /logout (endpoints
+    ``<face>.login``, ``<face>.callback`` and ``<face>.logout``)."""
+
+    def login() -> Response:
+        return start_login(realm_name)
+
+    def callback() -> Response:
+        return finish_login(realm_name)
+
+    bp.add_url_rule("/login", "login", login, methods=["GET"])
+    bp.add_url_rule("/callback", "callback", callback, methods=["GET"])
+    bp.add_url_rule("/logout", "logout", logout, methods=["POST"])
 
 
 def init_auth(app: Flask, config: PortalConfig) -> None:

@@ -8,6 +8,7 @@ what may be sent (it answers 422 with an OperationOutcome that is shown as is).
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 from flask import Blueprint, flash, jsonify, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
@@ -20,10 +21,17 @@ from portal_app.forms import (
     PatientSearchForm,
     ProviderComposeForm,
     ProviderContactForm,
-    ReplyForm,
+)
+from portal_app.mail_views import (
+    NOT_LINKED,
+    mark_read_if_mine,
+    offer_primary_providers,
+    refusal,
+    reply_page,
+    search_messages,
+    send,
 )
 from portal_app.webmail import (
-    CATEGORY_TOKEN,
     bundle_resources,
     format_address,
     format_name,
@@ -31,11 +39,7 @@ from portal_app.webmail import (
     is_provider_contact,
     new_message,
     parameters_value,
-    parse_message_bundle,
     provider_contact_patient,
-    quote_original,
-    reply_message,
-    reply_subject,
     summarize,
     telecom,
 )
@@ -69,7 +73,9 @@ def _inject() -> dict[str, Any]:
     return {
         "realm": REALM,
         "user": auth.current_user(REALM),
-        "action_form": ActionForm(),
+        # formdata=None: the button forms only need a CSRF token, and reading the posted form
+        # here would raise again while the error page of a too-large request is rendered.
+        "action_form": ActionForm(formdata=None),
         "unread_count": _unread_count,
     }
 
@@ -78,39 +84,15 @@ def _safe_back(default: str) -> str:
     """Where a button form returns to: a console path only (never an open redirect)."""
     back = request.form.get("back", "")
     prefix = url_for("console.inbox")
-    if back.startswith(prefix) and "//" not in back and "\\" not in back:
+    # isprintable(): a line break in a Location header is a 500 (and header injection).
+    if back.startswith(prefix) and "//" not in back and "\\" not in back and back.isprintable():
         return back
     return default
 
 
-def _messages(client: FhirApi, params: list[tuple[str, str]]) -> Any:
-    base = [("category", CATEGORY_TOKEN), ("_sort", "-sent"), ("_count", "50")]
-    return parse_message_bundle(client.search("Communication", params + base))
-
-
-def _refuse(exc: ApiError) -> list[str]:
-    """An API refusal shown on the form; sign-in loss and outages go to the error pages."""
-    if exc.status == 401 or exc.status >= 500:
-        raise exc
-    return [exc.text]
-
-
 # -- sign-in and alerts --------------------------------------------------------------------------
 
-
-@bp.get("/login")
-def login() -> Response:
-    return auth.start_login(REALM)
-
-
-@bp.get("/callback")
-def callback() -> Response:
-    return auth.finish_login(REALM)
-
-
-@bp.post("/logout")
-def logout() -> Response:
-    return auth.logout()
+auth.add_sign_in_routes(bp, REALM)  # /login, /callback, /logout
 
 
 @bp.get("/alerts.json")
@@ -136,7 +118,7 @@ def _mail_list(template: str, params_for: Any, only_practitioners: bool = False)
 
     def work(client: FhirApi) -> str:
         me = user.practitioner
-        page = _messages(client, params_for(me)) if me else None
+        page = search_messages(client, params_for(me)) if me else None
         if page and only_practitioners:
             page.messages = [m for m in page.messages if m.is_from_practitioner()]
         refs: list[str | None] = []
@@ -170,12 +152,7 @@ def message(msg_id: str) -> str:
 
     def work(client: FhirApi) -> str:
         msg = summarize(client.read("Communication", msg_id))
-        if user.practitioner and user.practitioner in msg.recipients:
-            try:
-                client.operation(f"Communication/{msg.id}/$mark-read")
-            except ApiError as exc:
-                if exc.status == 401:
-                    raise
+        mark_read_if_mine(client, msg, user.practitioner)
         people = lookups.names(client, [msg.sender, msg.patient, *msg.recipients])
         return render_template("console/message.html", msg=msg, people=people, me=user.practitioner)
 
@@ -186,9 +163,9 @@ def message(msg_id: str) -> str:
 def _mark(msg_id: str, op: str) -> Response:
     _user()
     try:
-        auth.call(REALM, lambda c: c.operation(f"Communication/{msg_id}/{op}"))
+        auth.call(REALM, lambda c: c.operation(f"Communication/{quote(msg_id, safe='')}/{op}"))
     except ApiError as exc:
-        _refuse(exc)
+        refusal(exc)
         flash(exc.text, "error")
     else:
         flash("Marked as read." if op == "$mark-read" else "Marked as unread.", "success")
@@ -208,31 +185,10 @@ def mark_unread(msg_id: str) -> Response:
 @bp.route("/messages/<msg_id>/reply", methods=["GET", "POST"])
 def reply(msg_id: str) -> Response | tuple[str, int]:
     user = _user()
-
-    def work(client: FhirApi) -> Response | tuple[str, int]:
-        original = client.read("Communication", msg_id)
-        msg = summarize(original)
-        people = lookups.names(client, [msg.sender, msg.patient, *msg.recipients])
-        form = ReplyForm()
-        if not form.is_submitted():
-            form.subject.data = reply_subject(msg.subject_line)
-            form.body.data = quote_original(msg, people.get(msg.sender or "", ""))
-        errors: list[str] = []
-        me = user.practitioner
-        if not me:
-            errors = ["Your account is not linked to a provider, so it cannot send WebMail."]
-        elif form.validate_on_submit():
-            try:
-                client.create("Communication", reply_message(original, me, form.body.data or "", form.subject.data))
-            except ApiError as exc:
-                errors = _refuse(exc)
-            else:
-                flash("Your reply was sent.", "success")
-                return redirect(url_for("console.inbox"), 303)
-        status = 422 if form.is_submitted() else 200
-        return render_template("console/reply.html", form=form, msg=msg, people=people, errors=errors), status
-
-    result: Response | tuple[str, int] = auth.call(REALM, work)
+    result: Response | tuple[str, int] = auth.call(
+        REALM, reply_page, msg_id, user.practitioner, template="console/reply.html", done_endpoint="console.inbox",
+        regarding=True,
+    )
     return result
 
 
@@ -253,14 +209,11 @@ def compose_provider() -> Response | tuple[str, int]:
         form.recipient.choices = [("", "Choose a provider"), *choices]
         errors: list[str] = []
         if not me:
-            errors = ["Your account is not linked to a provider, so it cannot send WebMail."]
+            errors = [NOT_LINKED]
         elif form.validate_on_submit():
             body = new_message(me, [form.recipient.data], form.subject.data or "", form.body.data or "")
-            try:
-                client.create("Communication", body)
-            except ApiError as exc:
-                errors = _refuse(exc)
-            else:
+            errors = send(client, body)
+            if not errors:
                 flash("Your message was sent.", "success")
                 return redirect(url_for("console.sent"), 303)
         status = 422 if form.is_submitted() else 200
@@ -302,7 +255,7 @@ def chart(pid: str) -> str:
     def work(client: FhirApi) -> str:
         patient = client.read("Patient", pid)
         lookups.remember(patient)
-        page = _messages(client, [("subject", f"Patient/{pid}")])
+        page = search_messages(client, [("subject", f"Patient/{pid}")])
         refs: list[str | None] = []
         for m in page.messages:
             refs += [m.sender, *m.recipients]
@@ -332,25 +285,16 @@ def compose_patient(pid: str) -> Response | tuple[str, int]:
     _user()
 
     def work(client: FhirApi) -> Response | tuple[str, int]:
-        patient = client.read("Patient", pid)
-        lookups.remember(patient)
-        providers = general_practitioners(patient)
-        choices = [(ref, lookups.name(client, ref)) for ref in providers]
         form = ConsoleComposeForm()
-        form.sender.choices = choices
-        if not form.is_submitted() and choices:
-            form.sender.data = choices[0][0]
+        patient, choices = offer_primary_providers(client, pid, form, form.sender)
         errors: list[str] = []
         if not choices:
             errors = ["This patient has no primary provider on record, so WebMail cannot be sent."]
         elif form.validate_on_submit():
             me = f"Patient/{pid}"
             body = new_message(form.sender.data, [me], form.subject.data or "", form.body.data or "", me)
-            try:
-                client.create("Communication", body)
-            except ApiError as exc:
-                errors = _refuse(exc)
-            else:
+            errors = send(client, body)
+            if not errors:
                 flash("Your message was sent.", "success")
                 return redirect(url_for("console.chart", pid=pid), 303)
         status = 422 if form.is_submitted() else 200
@@ -377,7 +321,7 @@ def grant_access(pid: str) -> Response | tuple[str, int]:
         try:
             result = client.operation(f"Patient/{pid}/$grant-portal-access")
         except ApiError as exc:
-            for text in _refuse(exc):
+            for text in refusal(exc):
                 flash(text, "error")
             return redirect(url_for("console.chart", pid=pid), 303)
         return render_template(
@@ -416,7 +360,7 @@ def new_provider_contact() -> Response | tuple[str, int]:
         try:
             created = auth.call(REALM, lambda c: c.create("Patient", body))
         except ApiError as exc:
-            errors = _refuse(exc)
+            errors = refusal(exc)
         else:
             pid = created_id(created)
             if pid:

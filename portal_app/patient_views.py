@@ -12,18 +12,10 @@ from flask import Blueprint, flash, redirect, render_template, session, url_for
 from werkzeug.wrappers import Response
 
 from portal_app import auth, lookups
-from portal_app.fhir_api import ApiError, FhirApi
-from portal_app.forms import ActionForm, PatientComposeForm, ReplyForm
-from portal_app.webmail import (
-    CATEGORY_TOKEN,
-    general_practitioners,
-    new_message,
-    parse_message_bundle,
-    quote_original,
-    reply_message,
-    reply_subject,
-    summarize,
-)
+from portal_app.fhir_api import FhirApi
+from portal_app.forms import ActionForm, PatientComposeForm
+from portal_app.mail_views import mark_read_if_mine, offer_primary_providers, reply_page, search_messages, send
+from portal_app.webmail import new_message, summarize
 
 REALM = "patient"
 bp = Blueprint("patient", __name__)
@@ -40,25 +32,14 @@ def _me() -> tuple[auth.User, str]:
 
 @bp.context_processor
 def _inject() -> dict[str, Any]:
-    return {"realm": REALM, "user": auth.current_user(REALM), "action_form": ActionForm()}
+    # formdata=None: the button forms only need a CSRF token, and reading the posted form
+    # here would raise again while the error page of a too-large request is rendered.
+    return {"realm": REALM, "user": auth.current_user(REALM), "action_form": ActionForm(formdata=None)}
 
 
 # -- sign-in -------------------------------------------------------------------------------------
 
-
-@bp.get("/login")
-def login() -> Response:
-    return auth.start_login(REALM)
-
-
-@bp.get("/callback")
-def callback() -> Response:
-    return auth.finish_login(REALM)
-
-
-@bp.post("/logout")
-def logout() -> Response:
-    return auth.logout()
+auth.add_sign_in_routes(bp, REALM)  # /login, /callback, /logout
 
 
 @bp.get("/signed-out")
@@ -69,11 +50,6 @@ def signed_out() -> str:
 # -- mail ----------------------------------------------------------------------------------------
 
 
-def _list(client: FhirApi, params: list[tuple[str, str]]) -> Any:
-    base = [("category", CATEGORY_TOKEN), ("_sort", "-sent"), ("_count", "50")]
-    return parse_message_bundle(client.search("Communication", params + base))
-
-
 @bp.get("/")
 def inbox() -> Response | str:
     if auth.current_user(REALM) is None:
@@ -82,7 +58,7 @@ def inbox() -> Response | str:
     _, me = _me()
 
     def work(client: FhirApi) -> str:
-        page = _list(client, [("recipient", me)])
+        page = search_messages(client, [("recipient", me)])
         people = lookups.names(client, (m.sender for m in page.messages))
         return render_template("patient/inbox.html", page=page, people=people)
 
@@ -95,7 +71,7 @@ def sent() -> str:
     _, me = _me()
 
     def work(client: FhirApi) -> str:
-        page = _list(client, [("sender", me)])
+        page = search_messages(client, [("sender", me)])
         people = lookups.names(client, (r for m in page.messages for r in m.recipients))
         return render_template("patient/sent.html", page=page, people=people)
 
@@ -110,12 +86,7 @@ def message(msg_id: str) -> str:
     def work(client: FhirApi) -> str:
         comm = client.read("Communication", msg_id)
         msg = summarize(comm)
-        if me in msg.recipients:
-            try:
-                client.operation(f"Communication/{msg.id}/$mark-read")
-            except ApiError as exc:
-                if exc.status == 401:
-                    raise
+        mark_read_if_mine(client, msg, me)
         people = lookups.names(client, [msg.sender, *msg.recipients])
         return render_template("patient/message.html", msg=msg, people=people, me=me)
 
@@ -126,31 +97,9 @@ def message(msg_id: str) -> str:
 @bp.route("/messages/<msg_id>/reply", methods=["GET", "POST"])
 def reply(msg_id: str) -> Response | tuple[str, int] | str:
     _, me = _me()
-
-    def work(client: FhirApi) -> Response | tuple[str, int] | str:
-        original = client.read("Communication", msg_id)
-        msg = summarize(original)
-        people = lookups.names(client, [msg.sender, *msg.recipients])
-        form = ReplyForm()
-        if not form.is_submitted():
-            form.subject.data = reply_subject(msg.subject_line)
-            form.body.data = quote_original(msg, people.get(msg.sender or "", ""))
-        errors: list[str] = []
-        if form.validate_on_submit():
-            body = reply_message(original, me, form.body.data or "", form.subject.data)
-            try:
-                client.create("Communication", body)
-            except ApiError as exc:
-                if exc.status == 401 or exc.status >= 500:
-                    raise
-                errors = [exc.text]
-            else:
-                flash("Your reply was sent.", "success")
-                return redirect(url_for("patient.sent"), 303)
-        status = 422 if form.is_submitted() else 200
-        return render_template("patient/reply.html", form=form, msg=msg, people=people, errors=errors), status
-
-    result: Response | tuple[str, int] = auth.call(REALM, work)
+    result: Response | tuple[str, int] = auth.call(
+        REALM, reply_page, msg_id, me, template="patient/reply.html", done_endpoint="patient.sent", regarding=False
+    )
     return result
 
 
@@ -159,24 +108,13 @@ def compose() -> Response | tuple[str, int]:
     user, me = _me()
 
     def work(client: FhirApi) -> Response | tuple[str, int]:
-        patient = client.read("Patient", user.patient or "")
-        lookups.remember(patient)
-        providers = general_practitioners(patient)
-        choices = [(ref, lookups.name(client, ref)) for ref in providers]
         form = PatientComposeForm()
-        form.recipient.choices = choices
-        if not form.is_submitted() and choices:
-            form.recipient.data = choices[0][0]
+        _, choices = offer_primary_providers(client, user.patient or "", form, form.recipient)
         errors: list[str] = []
         if choices and form.validate_on_submit():
             body = new_message(me, [form.recipient.data], form.subject.data or "", form.body.data or "", me)
-            try:
-                client.create("Communication", body)
-            except ApiError as exc:
-                if exc.status == 401 or exc.status >= 500:
-                    raise
-                errors = [exc.text]
-            else:
+            errors = send(client, body)
+            if not errors:
                 flash("Your message was sent.", "success")
                 return redirect(url_for("patient.sent"), 303)
         status = 422 if form.is_submitted() else 200

@@ -12,6 +12,7 @@ next page or issues the code.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +48,9 @@ AUTHORIZE_PARAMS = (
     "nonce",
 )
 MAX_PARAM_LENGTH = 2048
+# RFC 6749 Appendix A: these parameters are printable ASCII (VSCHAR). Anything else (a NUL,
+# a line break, non-ASCII) is refused here, before it reaches Authlib or a database query.
+VSCHAR = re.compile(r"[\x20-\x7e]*")
 
 
 @dataclass
@@ -59,6 +63,7 @@ class Evaluation:
     scopes: list[str]
     needs_patient: bool
     patient: str | None
+    pending: dict[str, Any]  # the request's record in the session (params, choices so far)
 
 
 def _server() -> SmartAuthorizationServer:
@@ -75,18 +80,27 @@ def _collect_params() -> tuple[dict[str, str] | None, str | None]:
         if values:
             if len(values[0]) > MAX_PARAM_LENGTH:
                 return None, f"The parameter '{key}' is too long."
+            if not VSCHAR.fullmatch(values[0]):
+                return None, f"The parameter '{key}' contains characters that are not allowed."
             params[key] = values[0]
     return params, None
 
 
-def _oauth_error(error: OAuth2Error) -> ResponseReturnValue:
-    """Redirect the error to the client when its redirect URI is known to be good, else show it."""
+def _oauth_error(error: OAuth2Error, params: dict[str, Any]) -> ResponseReturnValue:
+    """Redirect the error to the client when its redirect URI is known to be good, else show it.
+
+    The page never repeats what the request carried: Authlib's description of a bad
+    redirect URI quotes the URI, so a description holding a parameter value is left out.
+    """
     if error.redirect_uri:
         return _server().handle_response(*error())
+    description = error.description or ""
+    if any(isinstance(v, str) and v and v in description for v in params.values()):
+        description = ""
     return error_page(
         "This sign-in link is not valid",
         "The application sent an authorization request this server cannot accept"
-        + (f": {error.description}" if error.description else ".")
+        + (f": {description}" if description else ".")
         + " No access was granted. Please return to the application and try again.",
         400,
     )
@@ -118,11 +132,11 @@ def _evaluate(pending: dict[str, Any], user: UserAccount) -> Evaluation | Respon
         grant = _server().get_consent_grant(request=pending["params"], end_user=user)
     except OAuth2Error as error:
         session.pop(PENDING_KEY, None)
-        return _oauth_error(error)
+        return _oauth_error(error, pending["params"])
     client: OAuthClient = grant.client.row
     requested = grant.request.payload.scope.split()
     scopes = scope_policy.grant(requested, client.scope, user.role)
-    ev = Evaluation(grant, client, user, scopes, scope_policy.needs_patient(scopes), None)
+    ev = Evaluation(grant, client, user, scopes, scope_policy.needs_patient(scopes), None, pending)
     if not scopes:
         return _deny(ev, InvalidScopeError, "None of the requested scopes can be granted to this user.")
     if ev.needs_patient:
@@ -137,9 +151,9 @@ def _evaluate(pending: dict[str, Any], user: UserAccount) -> Evaluation | Respon
     return ev
 
 
-def _consented(ev: Evaluation, pending: dict[str, Any]) -> list[str] | None:
+def _consented(ev: Evaluation) -> list[str] | None:
     """The scopes approved for a third-party client, or None when the consent page must be shown."""
-    chosen = pending.get("consented")
+    chosen = ev.pending.get("consented")
     if isinstance(chosen, list):
         return [s for s in ev.scopes if s in chosen]
     stored = consent.granted(dbs(), ev.user.id, ev.client.client_id)
@@ -148,36 +162,34 @@ def _consented(ev: Evaluation, pending: dict[str, Any]) -> list[str] | None:
     return None
 
 
-def _start() -> tuple[dict[str, Any] | None, UserAccount | None, ResponseReturnValue | None]:
+def _resume() -> Evaluation | ResponseReturnValue:
+    """The pending request re-validated for the signed-in user, or the response that stops here:
+    nothing pending, nobody signed in, a password change due, or a request no longer valid."""
     pending = _pending()
     if pending is None:
-        return None, None, error_page(
+        return error_page(
             "No sign-in in progress",
             "There is no application waiting for your approval. Please start again from the application.",
             400,
         )
     user = current_user()
     if user is None:
-        return None, None, redirect(url_for("smart_auth.login"), 303)
+        return redirect(url_for("smart_auth.login"), 303)
     if session.get(MUST_CHANGE_KEY):
-        return None, None, redirect(url_for("smart_auth.password"), 303)
-    return pending, user, None
+        return redirect(url_for("smart_auth.password"), 303)
+    return _evaluate(pending, user)
 
 
 def proceed() -> ResponseReturnValue:
     """The next step of the pending request: login, picker, consent, or the code."""
-    pending, user, stop = _start()
-    if stop is not None:
-        return stop
-    assert pending is not None and user is not None
-    ev = _evaluate(pending, user)
+    ev = _resume()
     if not isinstance(ev, Evaluation):
         return ev
     if ev.needs_patient and ev.patient is None:
         return redirect(url_for("smart_auth.authorize_patient"), 303)
     scopes = ev.scopes
     if not ev.client.first_party:
-        approved = _consented(ev, pending)
+        approved = _consented(ev)
         if approved is None:
             return redirect(url_for("smart_auth.authorize_consent"), 303)
         scopes = approved
@@ -185,7 +197,7 @@ def proceed() -> ResponseReturnValue:
             return _deny(ev, description="No scopes were approved.")
     patient = ev.patient if scope_policy.needs_patient(scopes) else None
     auth_time = session.get(AUTH_TIME_KEY)
-    decision = Decision(user=user, scopes=scopes, patient=patient,
+    decision = Decision(user=ev.user, scopes=scopes, patient=patient,
                         auth_time=auth_time if isinstance(auth_time, int) else 0)
     response = _server().create_authorization_response(
         request=ev.grant.request, grant_user=decision, grant=ev.grant
@@ -204,7 +216,7 @@ def register(bp: Blueprint) -> None:
         try:
             _server().get_consent_grant(request=params, end_user=None)
         except OAuth2Error as error:
-            return _oauth_error(error)
+            return _oauth_error(error, params)
         session[PENDING_KEY] = {"params": params}
         return proceed()
 
@@ -214,13 +226,10 @@ def register(bp: Blueprint) -> None:
 
     @bp.route("/authorize/patient", methods=["GET", "POST"])
     def authorize_patient() -> ResponseReturnValue:
-        pending, user, stop = _start()
-        if stop is not None:
-            return stop
-        assert pending is not None and user is not None
-        ev = _evaluate(pending, user)
+        ev = _resume()
         if not isinstance(ev, Evaluation):
             return ev
+        user = ev.user
         if not ev.needs_patient or user.role == "patient":
             return redirect(url_for("smart_auth.authorize_continue"), 303)
         if request.method == "POST":
@@ -239,13 +248,10 @@ def register(bp: Blueprint) -> None:
 
     @bp.route("/authorize/consent", methods=["GET", "POST"])
     def authorize_consent() -> ResponseReturnValue:
-        pending, user, stop = _start()
-        if stop is not None:
-            return stop
-        assert pending is not None and user is not None
-        ev = _evaluate(pending, user)
+        ev = _resume()
         if not isinstance(ev, Evaluation):
             return ev
+        user = ev.user
         if ev.client.first_party:
             return redirect(url_for("smart_auth.authorize_continue"), 303)
         if ev.needs_patient and ev.patient is None:

@@ -48,7 +48,9 @@ SCOPES_SUPPORTED = [
 ]
 
 
-def smart_configuration(settings: Settings) -> dict[str, Any]:
+def _authorization_server(settings: Settings) -> dict[str, Any]:
+    """What both documents say alike: the issuer, its endpoints, and the grants and client
+    authentication it accepts (one list, so that the two documents never disagree)."""
     base = settings.base_url.rstrip("/")
     return {
         "issuer": issuer(settings),
@@ -59,6 +61,12 @@ def smart_configuration(settings: Settings) -> dict[str, Any]:
         "response_types_supported": ["code"],
         "code_challenge_methods_supported": ["S256"],
         "token_endpoint_auth_methods_supported": list(TOKEN_AUTH_METHODS),
+    }
+
+
+def smart_configuration(settings: Settings) -> dict[str, Any]:
+    return {
+        **_authorization_server(settings),
         "scopes_supported": list(SCOPES_SUPPORTED),
         "capabilities": list(CAPABILITIES),
     }
@@ -66,18 +74,10 @@ def smart_configuration(settings: Settings) -> dict[str, Any]:
 
 def openid_configuration(settings: Settings) -> dict[str, Any]:
     """OpenID provider metadata (only what the SMART ``openid fhirUser`` flow uses)."""
-    base = settings.base_url.rstrip("/")
     return {
-        "issuer": issuer(settings),
-        "authorization_endpoint": f"{base}/auth/authorize",
-        "token_endpoint": f"{base}/auth/token",
-        "jwks_uri": f"{base}/auth/jwks",
-        "response_types_supported": ["code"],
+        **_authorization_server(settings),
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": [ALG],
         "scopes_supported": ["openid", "fhirUser"],
         "claims_supported": ["iss", "sub", "aud", "exp", "iat", "nonce", "auth_time", "fhirUser"],
-        "token_endpoint_auth_methods_supported": list(TOKEN_AUTH_METHODS),
-        "grant_types_supported": ["authorization_code", "refresh_token"],
-        "code_challenge_methods_supported": ["S256"],
     }

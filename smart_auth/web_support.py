@@ -67,9 +67,12 @@ def error_page(title: str, message: str, status: int = 400) -> ResponseReturnVal
 
 def safe_next(target: str | None) -> str | None:
     """``target`` if it is a relative path on this site or a URL on a registered client origin."""
-    if not target or len(target) > 2000 or any(ch in target for ch in "\\\r\n\t"):
+    if not target or len(target) > 2000 or any(ch in target for ch in "\\\r\n\t\x00"):
         return None
-    parts = urlsplit(target)
+    try:
+        parts = urlsplit(target)
+    except ValueError:  # e.g. an unclosed IPv6 literal: not a place to send anyone
+        return None
     if not parts.scheme and not parts.netloc:
         return target if target.startswith("/") and not target.startswith("//") else None
     origin = clients.origin_of(target)

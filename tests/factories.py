@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,15 +11,12 @@ from fhirserver.config import Settings
 from fhirserver.core.principal import Principal, system_principal
 from fhirserver.core.repository import Repository
 from smart_auth.scopes import ScopeSet
+from tests.support import uid
 
 CATEGORY = {"coding": [{"system": "http://fhir-webmail.example/CodeSystem/communication-category",
                         "code": "webmail"}]}
 PATIENT_SCOPE = "launch/patient patient/Patient.rs patient/Practitioner.rs patient/Communication.cruds"
 PROVIDER_SCOPE = "user/Patient.cruds user/Practitioner.rs user/Organization.rs user/Communication.cruds"
-
-
-def uid() -> str:
-    return uuid.uuid4().hex[:10]
 
 
 def practitioner_json(family: str = "Okafor", given: str = "Ada") -> dict[str, Any]:

@@ -10,7 +10,6 @@ import base64
 import hashlib
 import re
 import secrets
-import uuid
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -19,14 +18,11 @@ from sqlalchemy.orm import Session
 
 from fhirserver.config import Settings
 from smart_auth import accounts, clients
+from tests.support import uid
 
 PASSWORD = "correct horse battery staple"
 CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
 COOKIE = "fhir_auth_session"
-
-
-def uid() -> str:
-    return uuid.uuid4().hex[:10]
 
 
 def random_address() -> str:
@@ -163,6 +159,12 @@ def get_code(web: Any, settings: Settings, app: RegisteredApp, username: str, sc
     return q["code"], verifier
 
 
+def basic_auth(app: RegisteredApp) -> dict[str, str]:
+    """The HTTP Basic header a confidential client authenticates with at the token endpoint."""
+    token = base64.b64encode(f"{app.client_id}:{app.secret}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
 def exchange(web: Any, app: RegisteredApp, code: str, verifier: str | None, *, basic: bool = True,
              **extra: Any) -> Any:
     data: dict[str, Any] = {"grant_type": "authorization_code", "code": code, "redirect_uri": app.redirect_uri}
@@ -170,8 +172,7 @@ def exchange(web: Any, app: RegisteredApp, code: str, verifier: str | None, *, b
         data["code_verifier"] = verifier
     headers = {}
     if app.secret and basic:
-        token = base64.b64encode(f"{app.client_id}:{app.secret}".encode()).decode()
-        headers["Authorization"] = f"Basic {token}"
+        headers = basic_auth(app)
     elif app.secret:
         data.update(client_id=app.client_id, client_secret=app.secret)
     else:
@@ -186,8 +187,7 @@ def refresh(web: Any, app: RegisteredApp, refresh_token: str, scope: str | None 
         data["scope"] = scope
     headers = {}
     if app.secret:
-        token = base64.b64encode(f"{app.client_id}:{app.secret}".encode()).decode()
-        headers["Authorization"] = f"Basic {token}"
+        headers = basic_auth(app)
     else:
         data["client_id"] = app.client_id
     return web.post("/auth/token", data=data, headers=headers)

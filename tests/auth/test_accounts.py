@@ -13,7 +13,8 @@ from smart_auth import accounts, passwords
 from smart_auth.accounts import AccountError, LoginThrottled
 from smart_auth.hashing import utcnow
 from smart_auth.models import LoginThrottle, UserAccount
-from tests.auth.support import PASSWORD, make_user, random_address, uid
+from tests.auth.support import PASSWORD, make_user, random_address
+from tests.support import uid
 
 
 def test_create_user_lowercases_and_refuses_duplicates(db_session, settings) -> None:

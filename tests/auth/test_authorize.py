@@ -17,7 +17,6 @@ from tests.auth.support import (
     login,
     make_client,
     make_user,
-    new_web_client,
     pkce_pair,
     query_of,
     refresh,
@@ -29,11 +28,6 @@ PATIENT_SCOPE = "launch/patient openid fhirUser patient/Patient.rs patient/Commu
 @pytest.fixture()
 def patient(db_session, settings):
     return make_user(db_session, settings, role="patient")
-
-
-@pytest.fixture()
-def web(app):
-    return new_web_client(app)
 
 
 def _signed_in(web, user):

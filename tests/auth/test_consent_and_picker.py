@@ -21,9 +21,9 @@ from tests.auth.support import (
     new_web_client,
     pkce_pair,
     query_of,
-    uid,
 )
 from tests.factories import patient_json, practitioner_json
+from tests.support import uid
 
 SCOPE = "launch/patient patient/Patient.rs patient/Communication.rs offline_access"
 

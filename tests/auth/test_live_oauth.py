@@ -7,16 +7,15 @@ PKCE S256, exactly as a third-party SMART app would use it.
 
 from __future__ import annotations
 
-import re
-
 import requests
 from authlib.common.security import generate_token
 from authlib.integrations.requests_client import OAuth2Session
 
 from fhirserver.core.principal import system_principal
 from fhirserver.core.repository import Repository
-from tests.auth.support import make_client, uid
+from tests.auth.support import csrf_from, make_client
 from tests.factories import patient_json, practitioner_json
+from tests.support import uid
 
 SCOPE = "launch/patient openid fhirUser patient/Patient.rs offline_access"
 
@@ -44,7 +43,7 @@ def test_authlib_client_gets_and_refreshes_tokens_over_http(live_server, db_sess
     r = browser.get(url, allow_redirects=False, timeout=10)
     assert r.status_code == 303 and r.headers["Location"].endswith("/auth/login")
     page = browser.get(base + r.headers["Location"], timeout=10)
-    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+    csrf = csrf_from(page.text)
     r = browser.post(f"{base}/auth/login", data={"csrf_token": csrf, "username": username,
                                                  "password": "violet tulips at dawn"},
                      allow_redirects=False, timeout=10)

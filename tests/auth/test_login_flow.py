@@ -21,8 +21,8 @@ from tests.auth.support import (
     new_web_client,
     pkce_pair,
     query_of,
-    uid,
 )
+from tests.support import uid
 
 
 def _strip_csrf(html: bytes) -> str:

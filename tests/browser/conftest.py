@@ -1,21 +1,17 @@
 """The browser tests' own stack: PostgreSQL, the whole WSGI app on a real port, a real SMTP server.
 
-Built once per run (session scope) and only on PostgreSQL. Notifications run through
-Celery in eager mode (CELERY_EAGER=1, NOTIFY_DISPATCH=celery) and reach an aiosmtpd
-server started here, so a test can follow the link of the email a patient receives.
+Built once per run (session scope) and only on PostgreSQL. Notifications go the production
+way: the outbox row is enqueued after commit to Redis (a database number of the browser
+tests' own), a real Celery worker process sends it, and it reaches an aiosmtpd server
+started here, so a test can follow the link of the email a patient receives.
 Users, resources and clients are created with our public functions (test code only);
 the portal itself is driven only through Chromium.
 """
 
 from __future__ import annotations
 
-import email
-import email.policy
 import os
 import secrets
-import threading
-import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +19,17 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import BACKENDS, LiveServer, create_pg_database, drop_pg_database, free_port, test_env
+from tests.support import (
+    BACKENDS,
+    LiveServer,
+    MailCatcher,
+    celery_worker,
+    free_port,
+    fresh_database,
+    redis_database,
+    test_env,
+    uid,
+)
 
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -42,71 +48,6 @@ def chromium_path() -> str:
     if not os.path.exists(path) and os.path.exists("/usr/bin/chromium"):
         path = "/usr/bin/chromium"
     return path
-
-
-def wait_until(check: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
-def uid() -> str:
-    return uuid.uuid4().hex[:8]
-
-
-@dataclass
-class Mail:
-    rcpt_tos: list[str]
-    raw: bytes
-
-    @property
-    def message(self) -> email.message.EmailMessage:
-        msg = email.message_from_bytes(self.raw, policy=email.policy.default)
-        assert isinstance(msg, email.message.EmailMessage)
-        return msg
-
-    @property
-    def text(self) -> str:
-        part = self.message.get_body(preferencelist=("plain", "html"))
-        return str(part.get_content()) if part is not None else ""
-
-
-class MailSink:
-    """A real SMTP server (aiosmtpd) that keeps every message in memory."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.messages: list[Mail] = []
-        self._lock = threading.Lock()
-        self._controller: Any = None
-
-    @property
-    def url(self) -> str:
-        return f"smtp://127.0.0.1:{self.port}"
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        with self._lock:
-            self.messages.append(Mail(list(envelope.rcpt_tos), bytes(envelope.original_content or envelope.content)))
-        return "250 OK"
-
-    def start(self) -> None:
-        from aiosmtpd.controller import Controller
-
-        self._controller = Controller(self, hostname="127.0.0.1", port=self.port)
-        self._controller.start()
-
-    def stop(self) -> None:
-        if self._controller is not None:
-            self._controller.stop()
-
-    def to(self, address: str) -> list[Mail]:
-        with self._lock:
-            return [m for m in self.messages if address.lower() in (r.lower() for r in m.rcpt_tos)]
 
 
 @dataclass
@@ -128,7 +69,7 @@ class Person:
 class Stack:
     url: str
     settings: Any
-    mail: MailSink
+    mail: MailCatcher
     maker: Any
     people: list[Person] = field(default_factory=list)
 
@@ -143,29 +84,33 @@ class Stack:
 
         return Repository(session, self.settings, system_principal("browser-tests"))
 
-    def provider(self, family: str | None = None, given: str = "Ada") -> Person:
+    def _account(self, session: Any, prefix: str, role: str, fhir_user: str, display_name: str) -> str:
+        """A user account with the shared test password; returns its username."""
         from smart_auth import accounts
 
+        username = f"{prefix}{uid()}"
+        accounts.create_user(
+            session,
+            settings=self.settings,
+            username=username,
+            password=PASSWORD,
+            role=role,
+            fhir_user=fhir_user,
+            display_name=display_name,
+        )
+        return username
+
+    def provider(self, family: str | None = None, given: str = "Ada") -> Person:
         family = family or f"Okafor{uid()}"
         with self.session() as session:
             name = {"family": family, "given": [given], "prefix": ["Dr"]}
             prac = self._repo(session).create("Practitioner", {"resourceType": "Practitioner", "name": [name]})
-            username = f"dr{uid()}"
-            accounts.create_user(
-                session,
-                settings=self.settings,
-                username=username,
-                password=PASSWORD,
-                role="provider",
-                fhir_user=f"Practitioner/{prac.res_id}",
-                display_name=f"Dr {given} {family}",
-            )
+            ref = f"Practitioner/{prac.res_id}"
+            username = self._account(session, "dr", "provider", ref, f"Dr {given} {family}")
             session.commit()
-        return Person(username, PASSWORD, f"Practitioner/{prac.res_id}", f"Dr {given} {family}")
+        return Person(username, PASSWORD, ref, f"Dr {given} {family}")
 
     def patient(self, providers: list[Person], given: str = "Lena", family: str | None = None) -> Person:
-        from smart_auth import accounts
-
         family = family or f"Rivera{uid()}"
         address = f"{given.lower()}.{uid()}@mail.example"
         with self.session() as session:
@@ -180,42 +125,37 @@ class Stack:
                     "generalPractitioner": [{"reference": p.ref} for p in providers],
                 },
             )
-            username = f"pat{uid()}"
-            accounts.create_user(
-                session,
-                settings=self.settings,
-                username=username,
-                password=PASSWORD,
-                role="patient",
-                fhir_user=f"Patient/{pat.res_id}",
-                display_name=f"{given} {family}",
-            )
+            ref = f"Patient/{pat.res_id}"
+            username = self._account(session, "pat", "patient", ref, f"{given} {family}")
             session.commit()
-        return Person(username, PASSWORD, f"Patient/{pat.res_id}", f"{given} {family}", address)
+        return Person(username, PASSWORD, ref, f"{given} {family}", address)
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(tmp_path_factory: pytest.TempPathFactory, redis_db: int, artifacts: Path) -> Iterator[Stack]:
     if "postgresql" not in BACKENDS:
         pytest.skip("browser tests run on PostgreSQL only")
     from fhirserver.config import load_settings
     from fhirserver.db import make_sessionmaker
-    from fhirserver.migrate import upgrade
+    from fhirserver.seed import seed_clients
+    from fhirserver.wsgi import create_wsgi
+    from notifier.dispatch import install
 
-    db_url = create_pg_database()
-    mail = MailSink()
-    server = None
-    try:
-        upgrade(db_url)
-        mail.start()
+    with (
+        fresh_database("postgresql", tmp_path_factory) as db_url,
+        MailCatcher() as mail,
+        # Not the run's own Redis DB: the notifier tests' worker must not take our tasks.
+        redis_database(redis_db + 1) as broker,
+    ):
         port = free_port()
         env = test_env(
             tmp_path_factory.mktemp("browser-var"),
             db_url,
             port,
             SMTP_URL=mail.url,
-            CELERY_EAGER="1",
+            BROKER_URL=broker,
             NOTIFY_DISPATCH="celery",
+            NOTIFY_RETRY_BACKOFF="1",
             SECRET_KEY=secrets.token_urlsafe(32),
             PORTAL_CLIENT_SECRET=secrets.token_urlsafe(24),
             CONSOLE_CLIENT_SECRET=secrets.token_urlsafe(24),
@@ -223,24 +163,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         )
         settings = load_settings(env)
         maker = make_sessionmaker(db_url)
-
-        from fhirserver.seed import seed_clients
-        from notifier.dispatch import install
-
         with maker() as session:
             seed_clients(session, settings)
             session.commit()
-        install(settings)  # enqueue (eagerly: CELERY_EAGER=1) the notifications of every commit
-
-        from fhirserver.wsgi import create_wsgi
+        install(settings)  # enqueue the notifications of every commit to the worker below
 
         server = LiveServer(create_wsgi(settings), port)
-        yield Stack(server.url, settings, mail, maker)
-    finally:
-        if server is not None:
+        try:
+            with celery_worker(env, artifacts / "browser-worker.log"):
+                yield Stack(server.url, settings, mail, maker)
+        finally:
             server.stop()
-        mail.stop()
-        drop_pg_database(db_url)
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,8 @@ from urllib.parse import unquote_plus
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.browser.conftest import Person, Stack, uid, wait_until
+from tests.browser.conftest import Person, Stack
+from tests.support import uid
 
 pytestmark = pytest.mark.browser
 BADGE_WAIT = 20_000  # the badge polls every 5 s
@@ -79,8 +80,7 @@ def assert_no_phi_in_any_url(urls: list[str], *values: str) -> None:
 
 def notification_link(stack: Stack, address: str, count: int, *phi: str) -> str:
     """The portal link of the newest notification email to ``address``; no PHI may be in it."""
-    mails = wait_until(lambda: len(stack.mail.to(address)) >= count and stack.mail.to(address),
-                       what=f"notification email {count}")
+    mails = stack.mail.wait_for(address, count)
     mail = mails[count - 1]
     decoded = str(mail.message["Subject"]) + "\n" + mail.text
     for value in phi:

@@ -9,7 +9,8 @@ from sqlalchemy import select
 
 from fhirserver.extensions import db
 from fhirserver.models import ResourceRow
-from tests.factories import PATIENT_SCOPE, PROVIDER_SCOPE, make_practice, message_json, patient_json, uid
+from tests.factories import PATIENT_SCOPE, PROVIDER_SCOPE, make_practice, message_json, patient_json
+from tests.support import uid
 
 FHIR = "application/fhir+json"
 

@@ -13,7 +13,8 @@ from fhirclient.models.communication import Communication
 
 from fhirserver.core.repository import Repository
 from tests.auth.support import make_client
-from tests.factories import make_practice, message_json, uid
+from tests.factories import make_practice, message_json
+from tests.support import uid
 
 
 def _follow(browser: requests.Session, base: str, response: requests.Response, stop_prefix: str) -> str:

@@ -9,8 +9,9 @@ from sqlalchemy import text
 
 from fhirserver.extensions import db
 from fhirserver.logging_setup import StripQueryStrings
-from tests.factories import message_json, uid
+from tests.factories import message_json
 from tests.fhir.test_api import FHIR, patient_headers, practice, provider_headers  # noqa: F401
+from tests.support import uid
 
 
 def _all_bytes(session) -> bytes:

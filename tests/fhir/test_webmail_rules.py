@@ -10,7 +10,8 @@ from fhirserver.core.principal import system_principal
 from fhirserver.core.repository import Repository
 from fhirserver.models import OutboxRow
 from fhirserver.webmail import read_state
-from tests.factories import make_practice, message_json, patient_json, practitioner_json, uid
+from tests.factories import make_practice, message_json, patient_json, practitioner_json
+from tests.support import uid
 
 
 def _outbox_count(session, comm_id: str) -> int:

@@ -8,18 +8,15 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from fhirserver.config import Settings
-from fhirserver.migrate import upgrade
 from notifier.tasks import session_maker
-from tests.conftest import BACKENDS, create_pg_database, drop_pg_database
-from tests.notifier.notifier_support import MailCatcher
+from tests.notifier.notifier_support import worker_database
+from tests.support import BACKENDS, MailCatcher
 
 
 @pytest.fixture()
 def mailbox() -> Iterator[MailCatcher]:
-    catcher = MailCatcher()
-    catcher.start()
-    yield catcher
-    catcher.stop()
+    with MailCatcher() as catcher:
+        yield catcher
 
 
 @pytest.fixture()
@@ -38,19 +35,5 @@ def own_database(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
     """A database of this module's own, for tests that install process-wide listeners."""
     if request.param not in BACKENDS:
         pytest.skip(f"{request.param} not in TEST_BACKENDS")
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('notifier-db') / 'own.db'}"
-        upgrade(url)
+    with worker_database(request.param, tmp_path_factory) as url:
         yield url
-        return
-    url = create_pg_database()
-    try:
-        upgrade(url)
-        yield url
-    finally:
-        from notifier import tasks
-
-        maker = tasks._makers.pop(url, None)
-        if maker is not None:
-            maker.kw["bind"].dispose()
-        drop_pg_database(url)

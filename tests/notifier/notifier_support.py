@@ -1,25 +1,18 @@
-"""Real parts for the notifier tests: an in-memory SMTP server, patients and outbox rows.
+"""Real parts for the notifier tests: own databases, patients, outbox rows, PHI checks.
 
-Plain helpers (the fixtures are in this folder's conftest.py). Test data goes through the
+Plain helpers (the fixtures are in this folder's conftest.py; the SMTP server and the
+helpers every folder shares are in tests/support.py). Test data goes through the
 repository, as in production; outbox rows are inserted the way the WebMail writer does.
 """
 
 from __future__ import annotations
 
-import asyncio
-import email
-import email.policy
-import socket
-import threading
-import time
-import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
-from email.message import EmailMessage
 from typing import Any
 
-from aiosmtpd.controller import Controller
+import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from fhirserver.config import Settings
@@ -27,97 +20,24 @@ from fhirserver.core.principal import system_principal
 from fhirserver.core.repository import Repository
 from fhirserver.models import OutboxRow
 from notifier.email import NOTIFY_KIND, message_id_for
+from tests.support import Captured, fresh_database, uid
 
 SENTINEL = "ZZPHISENTINEL"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+@contextmanager
+def worker_database(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A database of our own (see tests.support.fresh_database) whose connection pool in the
+    notifier's per-URL session makers is closed before it is dropped."""
+    with fresh_database(backend, tmp_path_factory) as url:
+        try:
+            yield url
+        finally:
+            from notifier import tasks
 
-
-def uid() -> str:
-    return uuid.uuid4().hex[:10]
-
-
-def wait_until(check: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-@dataclass
-class Captured:
-    mail_from: str
-    rcpt_tos: list[str]
-    raw: bytes
-
-    @property
-    def message(self) -> EmailMessage:
-        msg = email.message_from_bytes(self.raw, policy=email.policy.default)
-        assert isinstance(msg, EmailMessage)
-        return msg
-
-
-class MailCatcher:
-    """A real SMTP server (aiosmtpd) on a fixed port that keeps messages in memory.
-
-    ``stop()`` and ``start()`` take it down and up on the same port, to play an outage;
-    ``delay`` slows DATA down so that concurrent senders overlap; ``refuse`` answers 550.
-    """
-
-    def __init__(self, port: int | None = None) -> None:
-        self.port = port or free_port()
-        self.messages: list[Captured] = []
-        self.delay = 0.0
-        self.refuse = False
-        self._lock = threading.Lock()
-        self._controller: Controller | None = None
-
-    @property
-    def url(self) -> str:
-        return f"smtp://127.0.0.1:{self.port}?timeout=5"
-
-    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
-                          rcpt_options: Any) -> str:
-        if self.refuse:
-            return "550 5.1.1 mailbox unavailable"
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        if self.delay:
-            await asyncio.sleep(self.delay)
-        with self._lock:
-            self.messages.append(Captured(envelope.mail_from, list(envelope.rcpt_tos),
-                                          envelope.original_content or envelope.content))
-        return "250 Message accepted"
-
-    def start(self) -> None:
-        if self._controller is None:
-            self._controller = Controller(self, hostname="127.0.0.1", port=self.port,
-                                          server_hostname="localhost")
-            self._controller.start()
-
-    def stop(self) -> None:
-        if self._controller is not None:
-            self._controller.stop()
-            self._controller = None
-
-    def to(self, address: str) -> list[Captured]:
-        with self._lock:
-            return [m for m in self.messages if address in m.rcpt_tos]
-
-    def wait_for(self, address: str, count: int = 1, timeout: float = 30.0) -> list[Captured]:
-        return wait_until(lambda: len(self.to(address)) >= count and self.to(address), timeout,
-                          f"{count} email(s)")
+            maker = tasks._makers.pop(url, None)
+            if maker is not None:
+                maker.kw["bind"].dispose()
 
 
 def create_patient(maker: sessionmaker[Session], settings: Settings, *, address: str | None,

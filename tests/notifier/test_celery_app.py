@@ -8,7 +8,7 @@ import pytest
 
 from fhirserver.config import Settings
 from notifier.celery_app import SEND_TASK, SWEEP_TASK, make_celery, settings_of
-from tests.notifier.notifier_support import wait_until
+from tests.support import wait_until
 
 
 def test_configuration(tmp_path: Path) -> None:

@@ -9,15 +9,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from fhirserver.config import Settings
 from notifier.tasks import MAX_ATTEMPTS, deliver, due_rows
-from tests.notifier.notifier_support import (
-    MailCatcher,
-    add_outbox,
-    assert_no_phi,
-    create_patient,
-    outbox_row,
-    sentinel_patient,
-    uid,
-)
+from tests.notifier.notifier_support import add_outbox, assert_no_phi, create_patient, outbox_row, sentinel_patient
+from tests.support import MailCatcher, uid
 
 
 def _row(maker: sessionmaker[Session], settings: Settings, patient_id: str, **kw: object) -> int:

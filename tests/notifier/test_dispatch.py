@@ -14,8 +14,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from fhirserver.config import Settings, load_settings
 from notifier import dispatch
 from notifier.tasks import session_maker
-from tests.conftest import test_env
-from tests.notifier.notifier_support import MailCatcher, add_outbox, create_patient, free_port, outbox_row, uid
+from tests.notifier.notifier_support import add_outbox, create_patient, outbox_row
+from tests.support import MailCatcher, free_port, test_env, uid
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from fhirserver.config import Settings
 from notifier import smtp
 from notifier.email import build_notification
 from notifier.smtp_sink import start_sink
-from tests.notifier.notifier_support import free_port, wait_until
+from tests.support import free_port, wait_until
 
 
 def test_sink_writes_eml_files(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -6,9 +6,6 @@ deployment would give it; this process enqueues through its own app, as the web 
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,53 +13,37 @@ from pathlib import Path
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from fhirserver.config import ROOT, Settings, load_settings
+from fhirserver.config import Settings, load_settings
 from notifier import dispatch
 from notifier.celery_app import SEND_TASK, SWEEP_TASK, make_celery
 from notifier.email import message_id_for
 from notifier.tasks import session_maker
-from tests.conftest import BACKENDS, create_pg_database, drop_pg_database, test_env
 from tests.notifier.notifier_support import (
     SENTINEL,
-    MailCatcher,
     add_outbox,
     assert_no_phi,
     create_patient,
-    free_port,
     outbox_row,
     sentinel_patient,
-    uid,
-    wait_until,
+    worker_database,
 )
+from tests.support import BACKENDS, MailCatcher, celery_worker, free_port, test_env, uid, wait_until
 
 pytestmark = pytest.mark.celery
 
 
 @pytest.fixture(scope="module")
-def pg_url() -> Iterator[str]:
+def pg_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if "postgresql" not in BACKENDS:
         pytest.skip("the worker tests run on PostgreSQL only")
-    from fhirserver.migrate import upgrade
-
-    url: str = create_pg_database()
-    try:
-        upgrade(url)
+    with worker_database("postgresql", tmp_path_factory) as url:
         yield url
-    finally:
-        from notifier import tasks
-
-        maker = tasks._makers.pop(url, None)
-        if maker is not None:
-            maker.kw["bind"].dispose()
-        drop_pg_database(url)
 
 
 @pytest.fixture(scope="module")
 def smtp_server() -> Iterator[MailCatcher]:
-    catcher = MailCatcher()
-    catcher.start()
-    yield catcher
-    catcher.stop()
+    with MailCatcher() as catcher:
+        yield catcher
 
 
 @pytest.fixture(scope="module")
@@ -83,26 +64,8 @@ def cfg(worker_env: dict[str, str]) -> Settings:
 @pytest.fixture(scope="module")
 def worker(worker_env: dict[str, str], artifacts: Path) -> Iterator[Path]:
     """The worker process; yields its log file (kept in tests/artifacts/ for failed runs)."""
-    log = artifacts / "notifier-worker.log"
-    celery = Path(sys.executable).with_name("celery")
-    cmd = [str(celery), "-A", "notifier.celery_app", "worker", "--pool=solo", "--concurrency=1",
-           "--loglevel=INFO", "--without-gossip", "--without-mingle", "--without-heartbeat",
-           "-n", f"notifier-test-{uid()}@localhost"]
-    env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"), **worker_env}
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        wait_until(lambda: proc.poll() is not None or " ready." in log.read_text(), 60, "the worker")
-        if proc.poll() is not None:
-            pytest.fail(f"the worker exited:\n{log.read_text()}")
+    with celery_worker(worker_env, artifacts / "notifier-worker.log") as log:
         yield log
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 @pytest.fixture()

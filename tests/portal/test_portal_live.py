@@ -15,7 +15,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 
-from tests.factories import make_practice, uid
+from tests.factories import make_practice
+from tests.support import uid
 
 CSRF_INPUT = re.compile(r"<input[^>]*name=\"csrf_token\"[^>]*>")
 

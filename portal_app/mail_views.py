@@ -1,0 +1,102 @@
+"""What the patient portal's and the provider console's WebMail views do alike.
+
+Both faces list messages the same way, mark a message read when its recipient opens
+it, and send through the API, showing a refusal on the form; only sign-in loss and
+outages go to the error pages (``auth.call`` turns a 401 into a new sign-in).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import flash, redirect, render_template, url_for
+from flask_wtf import FlaskForm
+from werkzeug.wrappers import Response
+
+from portal_app import lookups
+from portal_app.fhir_api import ApiError, FhirApi
+from portal_app.forms import ReplyForm
+from portal_app.webmail import (
+    CATEGORY_TOKEN,
+    MessageSummary,
+    Page,
+    general_practitioners,
+    parse_message_bundle,
+    quote_original,
+    reply_message,
+    reply_subject,
+    summarize,
+)
+
+NOT_LINKED = "Your account is not linked to a provider, so it cannot send WebMail."
+
+
+def search_messages(client: FhirApi, params: list[tuple[str, str]]) -> Page:
+    """WebMail matching ``params``, newest first (one page of 50)."""
+    base = [("category", CATEGORY_TOKEN), ("_sort", "-sent"), ("_count", "50")]
+    return parse_message_bundle(client.search("Communication", params + base))
+
+
+def mark_read_if_mine(client: FhirApi, msg: MessageSummary, me: str | None) -> None:
+    """Opening a message addressed to me marks it read; a failure other than a lost sign-in
+    leaves it unread rather than hiding the message."""
+    if not me or me not in msg.recipients:
+        return
+    try:
+        client.operation(f"Communication/{msg.id}/$mark-read")
+    except ApiError as exc:
+        if exc.status == 401:
+            raise
+
+
+def offer_primary_providers(client: FhirApi, patient_id: str, form: FlaskForm,
+                            field: Any) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """Read the Patient and offer its primary providers in the select ``field`` of ``form`` (the
+    first one chosen when the form is first shown); returns the Patient and the choices."""
+    patient = client.read("Patient", patient_id)
+    lookups.remember(patient)
+    choices = [(ref, lookups.name(client, ref)) for ref in general_practitioners(patient)]
+    field.choices = choices
+    if not form.is_submitted() and choices:
+        field.data = choices[0][0]
+    return patient, choices
+
+
+def refusal(exc: ApiError) -> list[str]:
+    """An API refusal shown on the form; sign-in loss and outages go to the error pages."""
+    if exc.status == 401 or exc.status >= 500:
+        raise exc
+    return [exc.text]
+
+
+def send(client: FhirApi, body: dict[str, Any]) -> list[str]:
+    """Create the Communication ``body``; the errors to show on the form ([] when it was sent)."""
+    try:
+        client.create("Communication", body)
+    except ApiError as exc:
+        return refusal(exc)
+    return []
+
+
+def reply_page(client: FhirApi, msg_id: str, me: str | None, *, template: str, done_endpoint: str,
+               regarding: bool) -> Response | tuple[str, int]:
+    """The reply form to message ``msg_id``, prefilled on first show with "RE: subject" and the
+    quoted original; once sent, a redirect to ``done_endpoint``. ``me`` is who replies (None: an
+    account without a provider, which cannot send); ``regarding`` also names the patient."""
+    original = client.read("Communication", msg_id)
+    msg = summarize(original)
+    people = lookups.names(client, [msg.sender, msg.patient if regarding else None, *msg.recipients])
+    form = ReplyForm()
+    if not form.is_submitted():
+        form.subject.data = reply_subject(msg.subject_line)
+        form.body.data = quote_original(msg, people.get(msg.sender or "", ""))
+    errors: list[str] = []
+    if not me:
+        errors = [NOT_LINKED]
+    elif form.validate_on_submit():
+        errors = send(client, reply_message(original, me, form.body.data or "", form.subject.data))
+        if not errors:
+            flash("Your reply was sent.", "success")
+            return redirect(url_for(done_endpoint), 303)
+    status = 422 if form.is_submitted() else 200
+    return render_template(template, form=form, msg=msg, people=people, errors=errors), status
