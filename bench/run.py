@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.loadgen import Result, run  # noqa: E402
-from tests.support import create_pg_database, drop_pg_database, free_port, test_env  # noqa: E402
+from tests.support import create_pg_database, drop_pg_database, free_port, redis_database, test_env  # noqa: E402
 
 GUNICORN = ["-w", "2", "-k", "gthread", "--threads", "4", "--log-level", "warning"]
 FHIR = "application/fhir+json"
@@ -189,13 +189,17 @@ def main() -> int:
     ap.add_argument("--redis-db", default="15")
     ap.add_argument("--output", default=str(ROOT / "docs" / "benchmarks.md"))
     args = ap.parse_args()
+    with redis_database(int(args.redis_db)) as broker_url:  # flushed before and after the run
+        return measure(args, broker_url)
 
+
+def measure(args: argparse.Namespace, broker_url: str) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench-"))
     db_url = create_pg_database()
     port, bare_port, smtp_port = free_port(), free_port(), free_port()
     env = {**os.environ, **test_env(tmp, db_url, port,
                                     ARGON2_TIME_COST="1", ARGON2_MEMORY_KIB="1024",
-                                    BROKER_URL=f"redis://127.0.0.1:6379/{args.redis_db}",
+                                    BROKER_URL=broker_url,
                                     NOTIFY_DISPATCH="celery", SMTP_URL=f"smtp://127.0.0.1:{smtp_port}")}
     procs: list[subprocess.Popen[bytes]] = []
     venv_bin = Path(sys.executable).parent
