@@ -172,3 +172,29 @@ def test_provider_cannot_create_patient_outside_own_care(db_session, settings):
     with pytest.raises(FhirError) as exc:
         repo.create("Patient", patient_json([b.practitioner_ref]))
     assert exc.value.status == 403
+
+
+def test_staff_see_their_providers_patients_and_cannot_send(db_session, settings):
+    from smart_auth import accounts
+    from tests.factories import PROVIDER_SCOPE, message_json
+
+    a = make_practice(db_session, settings)
+    b = make_practice(db_session, settings)
+    Repository(db_session, settings, a.patient).create(
+        "Communication", message_json(a.patient_ref, a.practitioner_ref, topic="for the office"))
+    user = accounts.create_user(db_session, username=f"staff{uid()}", password="correct horse battery staple",
+                                role="staff", staff_of=[a.practitioner_ref], settings=settings)
+    db_session.commit()
+    staff = Principal(role="staff", scopes=ScopeSet.parse(PROVIDER_SCOPE), user_id=user.id,
+                      staff_of=(a.practitioner_ref,))
+    repo = Repository(db_session, settings, staff)
+    assert repo.read("Patient", a.patient_id)
+    with pytest.raises(FhirError) as exc:
+        repo.read("Patient", b.patient_id)
+    assert exc.value.status == 404
+    inbox = repo.search("Communication", [("recipient", a.practitioner_ref)])
+    assert len(inbox.rows) == 1
+    assert repo.search("Communication", [("recipient", b.practitioner_ref)]).rows == []
+    with pytest.raises(FhirError) as exc:
+        repo.create("Communication", message_json(a.practitioner_ref, a.patient_ref))
+    assert exc.value.status == 403
