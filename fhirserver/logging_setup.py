@@ -36,3 +36,6 @@ def configure_logging(level: int = logging.INFO) -> None:
             handler.addFilter(StripQueryStrings())
     for name in ("werkzeug", "gunicorn.access"):
         logging.getLogger(name).addFilter(StripQueryStrings())
+    # Authlib's DEBUG lines print issued tokens and client secrets: never let them through,
+    # whatever level an operator turns on for the rest.
+    logging.getLogger("authlib").setLevel(max(logging.INFO, level))
