@@ -34,31 +34,37 @@ def _no_parameters(call: Call) -> None:
         raise FhirError(400, "invalid", f"{call.params['op']} takes no parameters")
 
 
-def _user(call: Call) -> tuple[str, str]:
+def _reader(call: Call) -> tuple[str, str]:
+    """The signed-in user and the identity their reading counts as for read receipts.
+
+    Staff have no FHIR identity of their own: their read state is theirs alone (their unread
+    count), and it never turns a message "Read" for its sender.
+    """
     p = call.principal
-    if not p.user_id or not p.fhir_user:
-        raise forbidden("Read state belongs to a signed-in patient or provider")
-    return p.user_id, p.fhir_user
+    if not p.user_id:
+        raise forbidden("Read state belongs to a signed-in user")
+    return p.user_id, p.fhir_user or f"urn:fhirserver:user:{p.user_id}"
+
+
+def _set_read(call: Call, read: bool) -> FhirResponse:
+    _require_post(call)
+    _no_parameters(call)
+    stored = call.repo.read("Communication", call.params["id"])
+    call.res_id = stored.res_id
+    user_id, reader = _reader(call)
+    if read:
+        read_state.mark_read(call.session, stored.res_id, user_id, reader)
+    else:
+        read_state.mark_unread(call.session, stored.res_id, user_id)
+    return FhirResponse.json(200, _parameters({"name": "read", "valueBoolean": read}))
 
 
 def mark_read(call: Call) -> FhirResponse:
-    _require_post(call)
-    _no_parameters(call)
-    stored = call.repo.read("Communication", call.params["id"])
-    call.res_id = stored.res_id
-    user_id, reader = _user(call)
-    read_state.mark_read(call.session, stored.res_id, user_id, reader)
-    return FhirResponse.json(200, _parameters({"name": "read", "valueBoolean": True}))
+    return _set_read(call, True)
 
 
 def mark_unread(call: Call) -> FhirResponse:
-    _require_post(call)
-    _no_parameters(call)
-    stored = call.repo.read("Communication", call.params["id"])
-    call.res_id = stored.res_id
-    user_id, _ = _user(call)
-    read_state.mark_unread(call.session, stored.res_id, user_id)
-    return FhirResponse.json(200, _parameters({"name": "read", "valueBoolean": False}))
+    return _set_read(call, False)
 
 
 def unread_count(call: Call) -> FhirResponse:

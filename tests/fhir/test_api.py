@@ -249,3 +249,28 @@ def test_audit_events_written_and_only_auditor_reads(app, client, settings, prac
     assert reads and reads[0]["outcome"] == "0"
     assert client.post("/fhir/AuditEvent", data=json.dumps({"resourceType": "AuditEvent"}),
                        headers={"Authorization": f"Bearer {tok}", "Content-Type": FHIR}).status_code == 405
+
+
+def test_staff_unread_count_clears_when_they_read_without_a_read_receipt(app, client, settings, practice,
+                                                                         patient_headers):
+    from smart_auth import accounts
+
+    with app.app_context():
+        staff = accounts.create_user(db.session, username=f"staff{uid()}", password="correct horse battery staple",
+                                     role="staff", staff_of=[practice.practitioner_ref], settings=settings)
+        db.session.commit()
+        staff_id = staff.id
+    headers = {"Authorization": "Bearer " + token_for(app, settings, staff_id, PROVIDER_SCOPE)}
+    msg = message_json(practice.patient_ref, practice.practitioner_ref)
+    cid = client.post("/fhir/Communication", data=json.dumps(msg),
+                      headers={**patient_headers, "Content-Type": FHIR}).get_json(force=True)["id"]
+    count = client.get("/fhir/Communication/$unread-count", headers=headers).get_json(force=True)
+    assert count["parameter"][0]["valueInteger"] == 1
+    assert client.post(f"/fhir/Communication/{cid}/$mark-read", headers=headers).status_code == 200
+    count = client.get("/fhir/Communication/$unread-count", headers=headers).get_json(force=True)
+    assert count["parameter"][0]["valueInteger"] == 0
+    sent = client.post("/fhir/Communication/_search", data={"sender": practice.patient_ref},
+                       headers=patient_headers).get_json(force=True)
+    entry = next(e for e in sent["entry"] if e["resource"]["id"] == cid)
+    state = {x["url"]: x["valueBoolean"] for x in entry["extension"][0]["extension"]}
+    assert state["readByRecipient"] is False
