@@ -12,7 +12,7 @@ Three questions, answered from the Principal alone (plus the index tables):
    see, or moves a record out of someone's reach and into their own).
 
 The rules:
-- patients: their own Patient, and the Communications whose subject, sender or
+- patients: their own Patient (read only), and the Communications whose subject, sender or
   recipient is their Patient (the R4 patient compartment for Communication);
 - providers: the Patients whose generalPractitioner is them, all the Communications
   about those patients, and every Communication they sent or received;
@@ -64,8 +64,10 @@ def check_interaction(p: Principal, res_type: str, perm: str) -> None:
         raise forbidden("Administrators have no access to patient data")
     if res_type in DIRECTORY_TYPES and perm not in READ_PERMS and p.role != "admin":
         raise forbidden("Only administrators maintain the directory")
-    if p.role == "patient" and res_type == "Patient" and perm in ("c", "d"):
-        raise forbidden("Patients cannot create or delete patient records")
+    if p.role == "patient" and res_type == "Patient" and perm in ("c", "u", "d"):
+        # Not even their own: generalPractitioner decides who may write to them and which
+        # providers see them, so a patient who could edit it could message any provider.
+        raise forbidden("Patients cannot create, change or delete patient records")
     contexts = p.scopes.contexts_for(res_type, perm)
     if not contexts:
         raise forbidden(f"The access token does not grant this interaction on {res_type}")

@@ -124,6 +124,24 @@ def test_patient_sees_only_own_records(db_session, settings):
     assert repo_a.read("Practitioner", b.practitioner_id)
 
 
+def test_patient_cannot_reassign_their_primary_provider(db_session, settings):
+    """Even with write scopes: else a patient could make any provider theirs and write to them."""
+    a = make_practice(db_session, settings)
+    b = make_practice(db_session, settings)
+    patient = Principal(role="patient", scopes=ScopeSet.parse("patient/*.cruds"), user_id=a.patient_user_id,
+                        fhir_user=a.patient_ref, patient=a.patient_id)
+    repo = Repository(db_session, settings, patient)
+    me = repo.read("Patient", a.patient_id).json()
+    me["generalPractitioner"] = [{"reference": b.practitioner_ref}]
+    with pytest.raises(FhirError) as exc:
+        repo.update("Patient", a.patient_id, me)
+    assert exc.value.status == 403
+    db_session.rollback()
+    with pytest.raises(FhirError) as exc:
+        repo.create("Communication", message_json(a.patient_ref, b.practitioner_ref))
+    assert exc.value.status == 422
+
+
 def test_provider_sees_own_patients_only(db_session, settings):
     a = make_practice(db_session, settings)
     b = make_practice(db_session, settings)
