@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import and_, delete, exists, func, select
+from sqlalchemy import Select, and_, delete, exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from fhirserver.models import IdxReference, IdxToken, ReadState, ResourceRow
@@ -27,20 +27,22 @@ def mark_unread(session: Session, communication_id: str, user_id: str) -> None:
                                             ReadState.user_id == user_id))
 
 
-def unread_count(session: Session, user_id: str, recipient_refs: list[str]) -> int:
-    """WebMail addressed to any of ``recipient_refs`` that this user has not read."""
-    if not recipient_refs:
-        return 0
-    targets = [r.split("/", 1) for r in recipient_refs]
+def unread_query(user_id: str, recipient_refs: list[str]) -> Select[tuple[int]]:
+    """The live count of WebMail addressed to any of ``recipient_refs`` that this user has not read.
+
+    Driven by the recipient lookup index; every other condition is a probe of one message's own
+    rows. ``param || ''`` keeps those probes on the owner indexes: without statistics SQLite would
+    otherwise pick the ``(res_type, param, code)`` lookup index and read every WebMail message's
+    category row for each message counted (see ``fhirserver.search.query._probe``).
+    """
     by_type: dict[str, list[str]] = {}
-    for t, i in targets:
+    for ref in recipient_refs:
+        t, _, i = ref.partition("/")
         by_type.setdefault(t, []).append(i)
     recipient_match = [
         and_(IdxReference.target_type == t, IdxReference.target_id.in_(ids)) for t, ids in by_type.items()
     ]
-    from sqlalchemy import or_
-
-    stmt = (
+    return (
         select(func.count(func.distinct(IdxReference.res_id)))
         .where(
             IdxReference.res_type == "Communication",
@@ -54,14 +56,14 @@ def unread_count(session: Session, user_id: str, recipient_refs: list[str]) -> i
             exists(select(IdxToken.pk).where(
                 IdxToken.res_type == "Communication",
                 IdxToken.res_id == IdxReference.res_id,
-                IdxToken.param == "category",
+                (IdxToken.param + "") == "category",
                 IdxToken.code == profile.CATEGORY_CODE,
                 IdxToken.system == profile.CATEGORY_SYSTEM,
             )),
             exists(select(IdxToken.pk).where(
                 IdxToken.res_type == "Communication",
                 IdxToken.res_id == IdxReference.res_id,
-                IdxToken.param == "status",
+                (IdxToken.param + "") == "status",
                 IdxToken.code == "completed",
             )),
             ~exists(select(ReadState.user_id).where(
@@ -70,7 +72,13 @@ def unread_count(session: Session, user_id: str, recipient_refs: list[str]) -> i
             )),
         )
     )
-    return int(session.execute(stmt).scalar_one())
+
+
+def unread_count(session: Session, user_id: str, recipient_refs: list[str]) -> int:
+    """WebMail addressed to any of ``recipient_refs`` that this user has not read."""
+    if not recipient_refs:
+        return 0
+    return int(session.execute(unread_query(user_id, recipient_refs)).scalar_one())
 
 
 def read_receipts(session: Session, user_id: str | None, ids: list[str]) -> dict[str, tuple[bool, bool]]:

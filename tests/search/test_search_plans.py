@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from fhirserver.models import ResourceRow
 from fhirserver.search import keyset
 from fhirserver.search.query import clause_condition, parse_search, sort_terms
+from fhirserver.webmail.read_state import unread_query
 
 CORE = [
     ("Patient", [("name", "zoe")]),
@@ -24,6 +25,7 @@ CORE = [
                        ("status:not", "completed,entered-in-error,stopped,unknown"), ("_sort", "-_lastUpdated")]),
     ("Communication", [("part-of", "Communication/c1"), ("_sort", "sent")]),
     ("Communication", [("patient", "Patient/p1"), ("category", "webmail"), ("_sort", "-sent")]),
+    ("Communication", [("recipient", "Practitioner/d1"), ("status", "completed"), ("_sort", "-sent")]),  # bench/
 ]
 
 
@@ -54,3 +56,18 @@ def test_core_queries_use_the_index_tables_indexes(db_session: Session, res_type
     # correlated probes (negations, :missing, sort values) go through the owner index
     probes = len([s for s in steps if "CORRELATED" in s])
     assert len([s for s in idx_steps if "_owner" in s]) == probes, steps
+
+
+def test_unread_count_is_driven_by_the_recipient_index_and_probes_owner_indexes(db_session: Session) -> None:
+    """$unread-count looks up the user's messages, then probes each one's own rows: it never reads
+    every WebMail message's category or status row per message counted."""
+    if db_session.get_bind().dialect.name != "sqlite":
+        pytest.skip("plans checked on SQLite; PostgreSQL plans depend on statistics")
+    stmt = unread_query("u1", ["Practitioner/d1", "Practitioner/d2"])
+    sql = str(stmt.compile(db_session.get_bind(), compile_kwargs={"literal_binds": True}))
+    steps = [row[-1] for row in db_session.execute(text("EXPLAIN QUERY PLAN " + sql))]
+    searches = [s for s in steps if s.startswith(("SEARCH", "SCAN"))]
+    assert searches[0].startswith("SEARCH idx_reference USING INDEX ix_idx_reference_lookup"), steps
+    assert all(s.startswith("SEARCH") and "INDEX" in s for s in searches), steps
+    tokens = [s for s in searches if " idx_token " in s]
+    assert len(tokens) == 2 and all("ix_idx_token_owner" in s for s in tokens), steps
