@@ -73,7 +73,8 @@ def capability_statement(settings: Settings) -> dict[str, Any]:
         "rest": [{
             "mode": "server",
             "security": {
-                "cors": True,
+                # The API sends no CORS headers yet (browser apps are a later issue): say so.
+                "cors": False,
                 "service": [{"coding": [{
                     "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
                     "code": "SMART-on-FHIR"}]}],

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from fhirserver.core import access, audit
 from fhirserver.core.errors import FhirError, Issue, forbidden
 from fhirserver.core.http import FhirResponse
+from fhirserver.core.interactions import patient_ref_of
 from fhirserver.webmail import profile, read_state
 
 if TYPE_CHECKING:
@@ -51,6 +52,7 @@ def _set_read(call: Call, read: bool) -> FhirResponse:
     _no_parameters(call)
     stored = call.repo.read("Communication", call.params["id"])
     call.res_id = stored.res_id
+    call.patient_ref = patient_ref_of("Communication", stored.res_id, stored.json())
     user_id, reader = _reader(call)
     if read:
         read_state.mark_read(call.session, stored.res_id, user_id, reader)

@@ -62,6 +62,17 @@ def test_metadata_is_public_and_lists_smart_uris(client):
     assert "recipient" in {s["name"] for s in types["Communication"]["searchParam"]}
 
 
+def test_metadata_is_a_valid_capability_statement_that_claims_only_what_works(client, provider_headers):
+    from fhir.resources.R4B.capabilitystatement import CapabilityStatement
+
+    cs = client.get("/fhir/metadata").get_json(force=True)
+    CapabilityStatement.model_validate(cs)
+    # CORS is claimed exactly when the API answers a cross-origin request with CORS headers.
+    origin = {"Origin": "https://app.example"}
+    read = client.get("/fhir/metadata", headers={**provider_headers, **origin})
+    assert cs["rest"][0]["security"]["cors"] is ("Access-Control-Allow-Origin" in read.headers)
+
+
 def test_no_token_is_401_with_challenge(client, practice):
     resp = client.get(f"/fhir/Patient/{practice.patient_id}")
     assert resp.status_code == 401
@@ -249,6 +260,41 @@ def test_audit_events_written_and_only_auditor_reads(app, client, settings, prac
     assert reads and reads[0]["outcome"] == "0"
     assert client.post("/fhir/AuditEvent", data=json.dumps({"resourceType": "AuditEvent"}),
                        headers={"Authorization": f"Bearer {tok}", "Content-Type": FHIR}).status_code == 405
+
+
+def test_phi_interactions_write_valid_balp_audit_events(app, client, practice, provider_headers, patient_headers):
+    from fhir.resources.R4B.auditevent import AuditEvent
+
+    def call(method: str, path: str, headers: dict, **kw) -> str:
+        rid = f"audit-{uid()}"
+        resp = client.open(path, method=method, headers={**headers, "X-Request-Id": rid}, **kw)
+        assert resp.status_code < 300, resp.get_data(as_text=True)
+        return rid
+
+    msg = json.dumps(message_json(practice.patient_ref, practice.practitioner_ref))
+    created = client.post("/fhir/Communication", data=msg, headers={**patient_headers, "Content-Type": FHIR})
+    cid = created.get_json(force=True)["id"]
+    expected = {  # request id -> (subtype, action, the patient the event must name)
+        call("GET", f"/fhir/Communication/{cid}", provider_headers): ("read", "R", practice.patient_ref),
+        call("POST", f"/fhir/Communication/{cid}/$mark-read", provider_headers): ("operation", "E",
+                                                                                   practice.patient_ref),
+        call("POST", "/fhir/Communication/_search", patient_headers,
+             data={"sender": practice.patient_ref}): ("search-type", "E", practice.patient_ref),
+        call("GET", f"/fhir/Patient/{practice.patient_id}/_history", provider_headers): (
+            "history-instance", "R", practice.patient_ref),
+    }
+    with app.app_context():
+        events = [json.loads(c) for c in db.session.execute(
+            select(ResourceRow.content).where(ResourceRow.res_type == "AuditEvent")).scalars()]
+    for rid, (subtype, action, patient) in expected.items():
+        (event,) = [e for e in events if rid in json.dumps(e)]
+        AuditEvent.model_validate(event)
+        assert event["type"]["code"] == "rest" and event["subtype"][0]["code"] == subtype, rid
+        assert event["action"] == action and event["outcome"] == "0"
+        assert next(a for a in event["agent"] if a["requestor"])["who"]["reference"].startswith(
+            ("Patient/", "Practitioner/"))
+        patients = [e["what"]["reference"] for e in event["entity"] if e.get("role", {}).get("code") == "1"]
+        assert patients == [patient], (subtype, event["entity"])
 
 
 def test_staff_unread_count_clears_when_they_read_without_a_read_receipt(app, client, settings, practice,
