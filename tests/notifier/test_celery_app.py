@@ -51,3 +51,8 @@ def test_notify_settings_from_the_environment(tmp_path: Path) -> None:
     for bad in ({"NOTIFY_DISPATCH": "smtp"}, {"NOTIFY_RETRY_BACKOFF": "0"}):
         with pytest.raises(SettingsError):
             load_settings({**base, **bad})
+    # The office's own template must carry the portal link.
+    cfg = load_settings({**base, "NOTIFY_BODY": "New message at [OFFICE]: [URL]"})
+    assert cfg.notify_body == "New message at [OFFICE]: [URL]"
+    with pytest.raises(SettingsError, match="NOTIFY_BODY"):
+        load_settings({**base, "NOTIFY_BODY": "Please log in to the portal to read it."})
