@@ -213,3 +213,25 @@ def test_provider_contact_requires_demographics(db_session, settings):
     # Ordinary patients keep FHIR's own rules: no email needed.
     assert Repository(db_session, settings, p.provider).create(
         "Patient", patient_json([p.practitioner_ref], email=False))
+
+
+def test_co_provider_cannot_send_as_the_other_primary_provider(db_session, settings):
+    """Both are the patient's primary providers, so only the sender check stands between them."""
+    from smart_auth import accounts
+    from tests.factories import PROVIDER_SCOPE, Principal, ScopeSet
+
+    p = make_practice(db_session, settings)
+    repo = Repository(db_session, settings, system_principal("tests"))
+    second = repo.create("Practitioner", practitioner_json(family=f"Second{uid()}"))
+    patient = repo.read("Patient", p.patient_id).json()
+    patient["generalPractitioner"].append({"reference": f"Practitioner/{second.res_id}"})
+    repo.update("Patient", p.patient_id, patient)
+    user = accounts.create_user(db_session, username=f"co{uid()}", password="correct horse battery staple",
+                                role="provider", fhir_user=f"Practitioner/{second.res_id}", settings=settings)
+    db_session.commit()
+    principal = Principal(role="provider", scopes=ScopeSet.parse(PROVIDER_SCOPE), user_id=user.id,
+                          fhir_user=f"Practitioner/{second.res_id}")
+    with pytest.raises(FhirError) as exc:
+        Repository(db_session, settings, principal).create(
+            "Communication", message_json(p.practitioner_ref, p.patient_ref))
+    assert exc.value.status == 403
