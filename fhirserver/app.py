@@ -1,18 +1,32 @@
-"""Application factory of the API server: the FHIR REST API (/fhir) and SMART auth (/auth)."""
+"""Application factory of the API server: the FHIR REST API (/fhir) and SMART auth (/auth).
+
+A composition root: it wires smart_auth's implementations into the interfaces of
+``fhirserver.core.ports`` (the FHIR side never imports smart_auth itself).
+"""
 
 from __future__ import annotations
 
 import logging
 
 from flask import Flask, redirect
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from fhirserver.config import Settings, load_settings
+from fhirserver.core.ports import TokenAuthority, install_portal_accounts
 from fhirserver.db import configure_sqlite, engine_options
 from fhirserver.extensions import db
 from fhirserver.logging_setup import configure_logging
 
 
-def create_app(settings: Settings | None = None) -> Flask:
+def install_accounts() -> None:
+    """Wire smart_auth's accounts into the FHIR core (every composition root calls this)."""
+    from smart_auth import accounts
+
+    install_portal_accounts(accounts)
+
+
+def create_app(settings: Settings | None = None, *, tokens: TokenAuthority | None = None) -> Flask:
+    """The API app. ``tokens`` replaces the bearer-token check (the benchmark's baseline only)."""
     settings = settings or load_settings()
     configure_logging()
     app = Flask("fhirserver")
@@ -28,12 +42,19 @@ def create_app(settings: Settings | None = None) -> Flask:
     with app.app_context():
         configure_sqlite(db.engine)
 
-    from fhirserver.web.blueprint import create_fhir_blueprint
+    from fhirserver.web.blueprint import create_fhir_blueprint, install_fhir_error_pages
     from notifier.dispatch import install as install_notifications
+    from smart_auth.resource_server import SmartTokenAuthority
     from smart_auth.web import init_auth
 
-    app.register_blueprint(create_fhir_blueprint(), url_prefix="/fhir")
+    install_accounts()
+    app.register_blueprint(create_fhir_blueprint(tokens or SmartTokenAuthority(settings)), url_prefix="/fhir")
+    install_fhir_error_pages(app)
     init_auth(app, settings)
+    if settings.trusted_proxy_hops:
+        # The client address (login throttling, audit) and scheme as the trusted proxies saw them.
+        hops = settings.trusted_proxy_hops
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
     # Outbox rows written by the WebMail rules are handed to Celery after each commit.
     install_notifications(settings)
 

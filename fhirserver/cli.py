@@ -1,4 +1,4 @@
-"""The ``fhirserver`` command: serve, worker, db upgrade, seed, client add, token.
+"""The ``fhirserver`` command: serve, worker, db upgrade, seed, client add, user, token.
 
 Operators meet the server here, so every expected failure (a bad setting, an unknown
 user, a malformed scope or URL, an unreachable database) ends in one clear line and a
@@ -99,8 +99,8 @@ def check_redirect_uri(uri: str, *, allow_http_loopback: bool = True) -> str:
 
 def check_scope(scope: str, *, param_hint: str = "--scope") -> str:
     """Every scope must be a well-formed SMART resource scope or one we know; never guessed at."""
+    from fhirserver.core.scopes import ScopeError, parse_scope
     from smart_auth.scope_policy import IDENTITY_SCOPES, LAUNCH_PATIENT
-    from smart_auth.scopes import ScopeError, parse_scope
 
     words = scope.split()
     if not words:
@@ -121,6 +121,11 @@ def check_scope(scope: str, *, param_hint: str = "--scope") -> str:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """FHIR R4 server with SMART-on-FHIR auth and secure WebMail."""
+    # A composition root: the FHIR core reaches accounts through this interface only.
+    from fhirserver.core.ports import install_portal_accounts
+    from smart_auth import accounts
+
+    install_portal_accounts(accounts)
 
 
 @main.command()
@@ -341,8 +346,8 @@ def default_scope(role: str) -> str:
 
 def check_scope_for_role(scope: str, role: str) -> str:
     """Only scopes the user's role may hold (the authorization server's rule); no patient picking here."""
+    from fhirserver.core.scopes import parse_scope
     from smart_auth.scope_policy import LAUNCH_PATIENT, role_allows
-    from smart_auth.scopes import parse_scope
 
     for word in scope.split():
         rs = parse_scope(word)
@@ -367,7 +372,7 @@ def token(username: str, scope: str | None, lifetime: int) -> None:
     settings = get_settings()
     from fhirserver.core.audit import security_event
     from smart_auth.accounts import find_by_username
-    from smart_auth.tokens import issue_access_token
+    from smart_auth.grants import issue_token
 
     with db_session(settings) as session:
         user = find_by_username(session, username)
@@ -377,7 +382,9 @@ def token(username: str, scope: str | None, lifetime: int) -> None:
             raise click.ClickException("this account is disabled")
         scope = check_scope_for_role(check_scope(scope or default_scope(user.role)), user.role)
         patient = user.fhir_user.split("/", 1)[1] if user.role == "patient" and user.fhir_user else None
-        access_token = issue_access_token(
+        # A grant of its own: disabling the account or revoking the grant ends the token at once.
+        access_token = issue_token(
+            session,
             settings,
             user=user,
             client_id=CLI_CLIENT_ID,
@@ -395,6 +402,139 @@ def token(username: str, scope: str | None, lifetime: int) -> None:
         )
         session.commit()
     click.echo(access_token)
+
+
+# ---------------------------------------------------------------- user accounts
+
+STAFF_ROLES = ("provider", "staff", "auditor", "admin")
+PRACTITIONER_RE = re.compile(r"^Practitioner/[A-Za-z0-9\-.]{1,64}$")
+
+
+def _practitioner(session: Any, ref: str, param_hint: str) -> str:
+    from fhirserver.models import ResourceRow
+
+    if not PRACTITIONER_RE.match(ref):
+        raise click.BadParameter("expected Practitioner/{id}", param_hint=param_hint)
+    row = session.get(ResourceRow, ("Practitioner", ref.split("/", 1)[1]))
+    if row is None or row.deleted:
+        raise click.ClickException(f"{ref} does not exist")
+    return ref
+
+
+def _account(session: Any, username: str) -> Any:
+    from smart_auth.accounts import find_by_username
+
+    user = find_by_username(session, username)
+    if user is None:
+        raise click.ClickException("no such user")
+    return user
+
+
+def _audit_admin(session: Any, user: Any, description: str) -> None:
+    from fhirserver.core.audit import security_event
+
+    security_event(session, subtype="user-admin", outcome="0", user_id=user.id, client_id=CLI_CLIENT_ID,
+                   description=description)
+
+
+@main.group()
+def user() -> None:
+    """User accounts of the practice (patients get theirs through $grant-portal-access)."""
+
+
+@user.command("add")
+@click.option("--username", required=True)
+@click.option("--role", type=click.Choice(STAFF_ROLES), required=True)
+@click.option("--name", "display_name", default="", help="Display name.")
+@click.option("--practitioner", default=None, help="Practitioner/{id}: required for a provider.")
+@click.option("--staff-of", "staff_of", multiple=True, help="Practitioner/{id} a staff member works for.")
+@click.option("--password-stdin", is_flag=True,
+              help="Read the password from stdin instead of printing a one-time password.")
+def user_add(username: str, role: str, display_name: str, practitioner: str | None, staff_of: tuple[str, ...],
+             password_stdin: bool) -> None:
+    """Create an account; without --password-stdin a one-time password is printed once."""
+    settings = get_settings()
+    from smart_auth.accounts import AccountError, create_user, one_time_password
+    from smart_auth.passwords import PasswordPolicyError
+
+    if role == "provider" and not practitioner:
+        raise click.BadParameter("a provider account needs --practitioner", param_hint="--practitioner")
+    if role != "provider" and practitioner:
+        raise click.BadParameter("only providers are linked to a Practitioner", param_hint="--practitioner")
+    if staff_of and role != "staff":
+        raise click.BadParameter("only staff work for providers", param_hint="--staff-of")
+    password = sys.stdin.readline().rstrip("\n") if password_stdin else one_time_password()
+    with db_session(settings) as session:
+        refs = [_practitioner(session, r, "--staff-of") for r in staff_of]
+        if practitioner:
+            _practitioner(session, practitioner, "--practitioner")
+        try:
+            account = create_user(session, username=username, password=password, role=role, settings=settings,
+                                  fhir_user=practitioner, display_name=display_name.strip(),
+                                  must_change_password=not password_stdin, staff_of=refs,
+                                  enforce_policy=password_stdin)
+        except (AccountError, PasswordPolicyError) as exc:
+            raise click.ClickException(str(exc)) from None
+        _audit_admin(session, account, f"account created ({role})")
+        session.commit()
+    click.echo(f"created {role} account {account.username}", err=True)
+    if not password_stdin:
+        click.echo("one-time password (shown only now; the first sign-in must change it):", err=True)
+        click.echo(password)
+
+
+def _set_active(username: str, active: bool) -> None:
+    settings = get_settings()
+    from smart_auth.accounts import set_active
+
+    with db_session(settings) as session:
+        account = _account(session, username)
+        if account.active == active:
+            click.echo(f"{account.username} is already {'enabled' if active else 'disabled'}", err=True)
+            return
+        set_active(session, account, active)
+        _audit_admin(session, account, "account enabled" if active else "account disabled: sessions and "
+                     "tokens ended")
+        session.commit()
+    click.echo(f"{'enabled' if active else 'disabled'} {account.username}", err=True)
+
+
+@user.command("disable")
+@click.option("--username", required=True)
+def user_disable(username: str) -> None:
+    """Disable an account: its sessions and tokens end at once."""
+    _set_active(username, False)
+
+
+@user.command("enable")
+@click.option("--username", required=True)
+def user_enable(username: str) -> None:
+    """Enable a disabled account (its old sessions and tokens stay ended)."""
+    _set_active(username, True)
+
+
+@user.command("assign")
+@click.option("--username", required=True, help="A staff account.")
+@click.option("--provider", required=True, help="Practitioner/{id} the staff member works for.")
+@click.option("--remove", is_flag=True, help="End the assignment instead.")
+def user_assign(username: str, provider: str, remove: bool) -> None:
+    """Assign a staff member to a provider (or --remove it); takes effect on the next request."""
+    settings = get_settings()
+    from smart_auth.accounts import AccountError, assign_staff
+
+    with db_session(settings) as session:
+        account = _account(session, username)
+        ref = provider if remove else _practitioner(session, provider, "--provider")
+        try:
+            changed = assign_staff(session, account, ref, remove=remove)
+        except AccountError as exc:
+            raise click.ClickException(str(exc)) from None
+        if changed:
+            _audit_admin(session, account, "staff assignment removed" if remove else "staff assignment added")
+        session.commit()
+    verb = ("removed from" if remove else "assigned to") if changed else ("was not assigned to" if remove
+                                                                          else "already works for")
+    click.echo(f"{account.username} {verb} {provider}", err=True)
 
 
 if __name__ == "__main__":

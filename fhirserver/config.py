@@ -50,9 +50,13 @@ class Settings:
     refresh_token_days: int = 90
     session_idle_minutes: int = 15
     session_absolute_hours: int = 12
-    login_max_failures_account: int = 5
+    # Failures on one account from clients without its device cookie (smart_auth.throttle).
+    login_max_failures_account: int = 20
+    # Failures from one address, across accounts, before that address is slowed down.
     login_max_failures_address: int = 20
     login_window_seconds: int = 900
+    # How many proxies in front of us append to X-Forwarded-For (0: trust none of it).
+    trusted_proxy_hops: int = 0
     argon2_time_cost: int = 3
     argon2_memory_kib: int = 65536
     max_body_bytes: int = 1_048_576
@@ -99,6 +103,10 @@ class _EnvSchema(Schema):
     NOTIFY_BODY = mf.String()
     NOTIFY_DISPATCH = mf.String(validate=validate.OneOf(["celery", "none"]))
     NOTIFY_RETRY_BACKOFF = mf.Integer(validate=validate.Range(min=1, max=600))
+    TRUSTED_PROXY_HOPS = mf.Integer(validate=validate.Range(min=0, max=5))
+    LOGIN_MAX_FAILURES_ACCOUNT = mf.Integer(validate=validate.Range(min=3, max=1000))
+    LOGIN_MAX_FAILURES_ADDRESS = mf.Integer(validate=validate.Range(min=3, max=10000))
+    LOGIN_WINDOW_SECONDS = mf.Integer(validate=validate.Range(min=60, max=86400))
 
     @validates_schema
     def _check(self, data: dict[str, Any], **_: Any) -> None:
@@ -205,6 +213,7 @@ def load_settings(env: dict[str, str] | None = None, **overrides: Any) -> Settin
         "argon2_memory_kib": "ARGON2_MEMORY_KIB",
         "max_body_bytes": "MAX_BODY_BYTES",
         "notify_retry_backoff": "NOTIFY_RETRY_BACKOFF",
+        "trusted_proxy_hops": "TRUSTED_PROXY_HOPS",
     }
     for attr, var in ints.items():
         if env.get(var):

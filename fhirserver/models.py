@@ -132,12 +132,14 @@ class ReadState(Base):
 
 
 class OutboxRow(Base):
-    """A notification to send, written in the same transaction as the message it announces."""
+    """A notification to send, written in the same transaction as the change it announces."""
 
     __tablename__ = "outbox"
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     kind: Mapped[str] = mapped_column(String(32), nullable=False)
-    communication_id: Mapped[str] = mapped_column(String(ID_LEN), nullable=False)
+    # What the notice is about: the Communication (webmail-notify), or the AuditEvent that
+    # records an account change (password-reset). Never shown in the email.
+    subject_id: Mapped[str] = mapped_column(String(ID_LEN), nullable=False)
     recipient_ref: Mapped[str] = mapped_column(String(TYPE_LEN + ID_LEN + 1), nullable=False)
     status: Mapped[str] = mapped_column(String(16), nullable=False, default="pending")
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
@@ -149,6 +151,6 @@ class OutboxRow(Base):
     message_id: Mapped[str] = mapped_column(String(255), nullable=False)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     __table_args__ = (
-        UniqueConstraint("kind", "communication_id", "recipient_ref", name="uq_outbox_once"),
+        UniqueConstraint("kind", "subject_id", "recipient_ref", name="uq_outbox_once"),
         Index("ix_outbox_status", "status", "created_at"),
     )

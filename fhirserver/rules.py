@@ -1,20 +1,27 @@
-"""Registers the domain rules and operations with the FHIR core.
+"""Registers the domain rules and operations with the FHIR core (``fhirserver.core.hooks``).
 
-Imported by the repository module itself, so that every process that writes through
-the repository (web, worker, CLI, seeding, tests) runs the same rules.
+Loaded by the repository on first use, so that every process that writes through the
+repository (web, worker, CLI, seeding, tests) runs the same rules. Each operation states
+the scope permission it needs on its type (``permission``): the core checks it before the
+handler runs, and the CapabilityStatement and docs/security.md publish it.
 """
 
 from __future__ import annotations
 
-from fhirserver.core import interactions
-from fhirserver.core.repository import register_rules
+from fhirserver.core.hooks import ENTRY_DECORATORS, register_operation, register_rules
 from fhirserver.webmail import operations, outbox, rules
 
 register_rules("Communication", before=rules.before_communication, after=outbox.after_communication)
 register_rules("Patient", before=rules.before_patient)
 
-interactions.register_operation("Communication", "$mark-read", "instance", operations.mark_read)
-interactions.register_operation("Communication", "$mark-unread", "instance", operations.mark_unread)
-interactions.register_operation("Communication", "$unread-count", "type", operations.unread_count)
-interactions.register_operation("Patient", "$grant-portal-access", "instance", operations.grant_portal_access)
-interactions.ENTRY_DECORATORS["Communication"] = operations.read_state_extensions
+register_operation("Communication", "$mark-read", "instance", operations.mark_read, permission="u",
+                   summary="Marks the message read for the signed-in user.")
+register_operation("Communication", "$mark-unread", "instance", operations.mark_unread, permission="u",
+                   summary="Marks the message unread for the signed-in user.")
+register_operation("Communication", "$unread-count", "type", operations.unread_count, permission="r",
+                   methods=("GET", "POST"), summary="The signed-in user's count of unread WebMail.")
+register_operation("Patient", "$grant-portal-access", "instance", operations.grant_portal_access,
+                   permission="u", summary="Creates the patient's portal account (providers only).")
+register_operation("Patient", "$reset-portal-password", "instance", operations.reset_portal_password,
+                   permission="u", summary="Issues a new one-time portal password (providers only).")
+ENTRY_DECORATORS["Communication"] = operations.read_state_extensions

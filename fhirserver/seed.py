@@ -23,8 +23,8 @@ from sqlalchemy.orm import Session
 from fhirserver.config import ROOT, Settings
 from fhirserver.core.errors import FhirError
 from fhirserver.core.principal import Principal, system_principal
+from fhirserver.core.scopes import ScopeSet
 from fhirserver.models import ResourceRow
-from smart_auth.scopes import ScopeSet
 
 FIXTURE = ROOT / "fixtures" / "demo-practice.json"
 SEED_CLIENT = "fhirserver-seed"
@@ -236,6 +236,10 @@ def seed_demo(session: Session, settings: Settings, data: dict[str, Any] | None 
     """The whole demo practice: resources, accounts, clients, then messages. The caller commits."""
     if not settings.dev_mode:
         raise SeedError("the demo practice (published passwords) loads only with FHIRSERVER_ENV=development")
+    from fhirserver.core.ports import install_portal_accounts
+    from smart_auth import accounts
+
+    install_portal_accounts(accounts)  # the WebMail rules check the recipients' portal accounts
     data = data or load_fixture()
     report = SeedReport()
     seed_resources(session, settings, data, report)

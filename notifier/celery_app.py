@@ -13,23 +13,19 @@ effect.
 
 from __future__ import annotations
 
-import weakref
 from pathlib import Path
 from typing import Any
 
 from celery import Celery
 
 from fhirserver.config import ROOT, Settings, load_settings
+from notifier.app_settings import PURGE_TASK, SEND_TASK, SWEEP_TASK, remember, settings_of
 
-SEND_TASK = "notifier.tasks.send_notification"
-SWEEP_TASK = "notifier.tasks.sweep_outbox"
 SWEEP_EVERY_SECONDS = 30.0
+PURGE_EVERY_SECONDS = 600.0
 QUEUE = "notifier"
+__all__ = ["SEND_TASK", "SWEEP_TASK", "get_app", "make_celery", "settings_of"]
 
-# The Settings each app was made from: tasks look theirs up here, so that tests and
-# tools can run several apps (databases, brokers) in one process. Kept outside
-# ``app.conf``, which ``celery inspect conf`` would show.
-_SETTINGS: weakref.WeakKeyDictionary[Celery, Settings] = weakref.WeakKeyDictionary()
 _default_app: Celery | None = None
 
 
@@ -82,20 +78,18 @@ def make_celery(settings: Settings) -> Celery:
                 # A sweep nobody ran in time is superseded by the next one.
                 "options": {"expires": SWEEP_EVERY_SECONDS},
             },
+            # Expired sessions, codes, grants, refresh tokens and throttle rows (smart_auth).
+            "auth-purge-expired": {
+                "task": PURGE_TASK,
+                "schedule": PURGE_EVERY_SECONDS,
+                "options": {"expires": PURGE_EVERY_SECONDS},
+            },
         },
     )
-    _SETTINGS[app] = settings
+    remember(app, settings)
     import notifier.tasks  # noqa: F401 - registers the shared tasks on this app
 
     return app
-
-
-def settings_of(app: Any) -> Settings:
-    """The Settings ``app`` was made from; the environment's for any other app."""
-    try:
-        return _SETTINGS[app]
-    except (KeyError, TypeError):
-        return load_settings()
 
 
 def get_app() -> Celery:

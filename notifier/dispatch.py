@@ -21,11 +21,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, SessionTransaction
 
 from fhirserver.config import Settings
+from fhirserver.webmail.outbox import OUTBOX_KEY
 from notifier.celery_app import SEND_TASK, make_celery
 
 log = logging.getLogger(__name__)
-
-OUTBOX_KEY = "outbox_new"
 
 # Per database (a process may serve several in tests): its settings and Celery app.
 _configs: dict[str, tuple[Settings, Celery | None]] = {}

@@ -22,6 +22,13 @@ from typing import Any
 from fhirserver.config import Settings
 
 NOTIFY_KIND = "webmail-notify"
+PASSWORD_RESET_KIND = "password-reset"  # noqa: S105 - an outbox kind, not a secret
+RESET_NOTICE_SUBJECT = "Your patient portal password was reset"
+RESET_NOTICE_BODY = (
+    "Hello,\n\nThe office of [OFFICE] has reset the password of your patient portal account and given you\n"
+    "a new one-time password. Every device that was signed in has been signed out.\n\n"
+    "If you did not ask for this, please call the office.\n\nThe portal: [URL]\n"
+)
 # Where each kind of recipient logs in to read the message.
 PORTAL_PATHS = {"Patient": "/portal/", "Practitioner": "/portal/console/"}
 # Deliberately narrow: one @, no whitespace, quotes, brackets, separators or control characters.
@@ -62,9 +69,13 @@ def portal_link(settings: Settings, recipient_type: str = "Patient") -> str:
     return settings.base_url.rstrip("/") + PORTAL_PATHS.get(recipient_type, PORTAL_PATHS["Patient"])
 
 
-def render_body(settings: Settings, link: str) -> str:
-    """The office-wide template with its two placeholders filled; nothing else is substituted."""
-    return settings.notify_body.replace("[URL]", link).replace("[OFFICE]", settings.office_name)
+def render_body(settings: Settings, link: str, kind: str = NOTIFY_KIND) -> str:
+    """The template of ``kind`` with its two placeholders filled; nothing else is substituted.
+
+    A new message uses the office's own template (NOTIFY_BODY); the account notice is fixed.
+    """
+    template = RESET_NOTICE_BODY if kind == PASSWORD_RESET_KIND else settings.notify_body
+    return template.replace("[URL]", link).replace("[OFFICE]", settings.office_name)
 
 
 def is_valid_address(address: str) -> bool:
@@ -104,18 +115,18 @@ def email_of(resource: dict[str, Any], now: datetime | None = None) -> str | Non
 
 
 def build_notification(
-    settings: Settings, to_address: str, message_id: str, recipient_type: str = "Patient"
+    settings: Settings, to_address: str, message_id: str, recipient_type: str = "Patient", kind: str = NOTIFY_KIND
 ) -> EmailMessage:
-    """The plain-text notification for one recipient: From, To (address only), the template."""
+    """The plain-text notice of ``kind`` for one recipient: From, To (address only), the template."""
     msg = EmailMessage(policy=POLICY)
     msg["From"] = formataddr((settings.office_name, settings.mail_from))
     msg["To"] = to_address
-    msg["Subject"] = settings.notify_subject
+    msg["Subject"] = RESET_NOTICE_SUBJECT if kind == PASSWORD_RESET_KIND else settings.notify_subject
     msg["Date"] = formatdate(usegmt=True)
     msg["Message-ID"] = message_id
     # RFC 3834: keeps auto-responders (vacation replies) from answering the notify address.
     msg["Auto-Submitted"] = "auto-generated"
-    body = render_body(settings, portal_link(settings, recipient_type))
+    body = render_body(settings, portal_link(settings, recipient_type), kind)
     # Plain ASCII goes as is, so the link is never split by quoted-printable soft breaks;
     # anything else is encoded by the email package's own choice.
     plain = body.isascii() and all(len(line) <= SMTP_LINE_LIMIT for line in body.splitlines())

@@ -39,7 +39,7 @@ from fhirserver.core.principal import system_principal
 from fhirserver.db import make_sessionmaker
 from fhirserver.models import OutboxRow
 from notifier import smtp
-from notifier.celery_app import SEND_TASK, SWEEP_TASK, settings_of
+from notifier.app_settings import PURGE_TASK, SEND_TASK, SWEEP_TASK, settings_of
 from notifier.email import PORTAL_PATHS, build_notification, email_of, message_id_for
 
 log = logging.getLogger(__name__)
@@ -158,9 +158,9 @@ def deliver(settings: Settings, maker: sessionmaker[Session], outbox_id: int) ->
         if address is None:
             return _skip(row, reason)
         message_id = row.message_id or message_id_for(
-            row.communication_id, row.recipient_ref, settings.mail_from, secret=settings.secret_key
+            row.subject_id, row.recipient_ref, settings.mail_from, secret=settings.secret_key, kind=row.kind
         )
-        msg = build_notification(settings, address, message_id, row.recipient_ref.partition("/")[0])
+        msg = build_notification(settings, address, message_id, row.recipient_ref.partition("/")[0], row.kind)
         try:
             smtp.send(settings.smtp_url, msg, settings.mail_from, address)
         except TRANSIENT as exc:
@@ -238,3 +238,17 @@ def sweep_outbox(self: Any) -> int:
                 task.apply_async(args=[outbox_id], producer=producer)
         log.info("outbox sweep re-enqueued %d notification(s)", len(ids))
     return len(ids)
+
+
+@shared_task(bind=True, name=PURGE_TASK, ignore_result=True)
+def purge_expired(self: Any) -> dict[str, int]:
+    """Delete what the login server no longer needs: ended sessions, expired codes and refresh
+    tokens, grants no token can use, stale throttle rows (``smart_auth.housekeeping``)."""
+    from smart_auth.housekeeping import purge
+
+    settings = settings_of(self.app)
+    with session_maker(settings)() as session, session.begin():
+        counts = purge(session, settings)
+    if any(counts.values()):
+        log.info("auth purge: %s", ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+    return counts

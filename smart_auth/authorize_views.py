@@ -24,6 +24,7 @@ from fhirserver.core.audit import security_event
 from smart_auth import consent, patient_picker, scope_policy
 from smart_auth.models import OAuthClient, UserAccount
 from smart_auth.oauth_server import Decision, SmartAuthorizationServer
+from smart_auth.sessions import LOGIN_KEY
 from smart_auth.web_support import (
     AUTH_TIME_KEY,
     MUST_CHANGE_KEY,
@@ -48,6 +49,8 @@ AUTHORIZE_PARAMS = (
     "nonce",
 )
 MAX_PARAM_LENGTH = 2048
+# The pending request waits in a sealed cookie until sign-in (smart_auth.sessions): keep it small.
+MAX_PENDING_CHARS = 2500
 # RFC 6749 Appendix A: these parameters are printable ASCII (VSCHAR). Anything else (a NUL,
 # a line break, non-ASCII) is refused here, before it reaches Authlib or a database query.
 VSCHAR = re.compile(r"[\x20-\x7e]*")
@@ -83,6 +86,8 @@ def _collect_params() -> tuple[dict[str, str] | None, str | None]:
             if not VSCHAR.fullmatch(values[0]):
                 return None, f"The parameter '{key}' contains characters that are not allowed."
             params[key] = values[0]
+    if sum(len(k) + len(v) for k, v in params.items()) > MAX_PENDING_CHARS:
+        return None, "The request is too long."
     return params, None
 
 
@@ -197,8 +202,10 @@ def proceed() -> ResponseReturnValue:
             return _deny(ev, description="No scopes were approved.")
     patient = ev.patient if scope_policy.needs_patient(scopes) else None
     auth_time = session.get(AUTH_TIME_KEY)
+    login_id = session.get(LOGIN_KEY)
     decision = Decision(user=ev.user, scopes=scopes, patient=patient,
-                        auth_time=auth_time if isinstance(auth_time, int) else 0)
+                        auth_time=auth_time if isinstance(auth_time, int) else 0,
+                        login_id=login_id if isinstance(login_id, str) else None)
     response = _server().create_authorization_response(
         request=ev.grant.request, grant_user=decision, grant=ev.grant
     )

@@ -15,9 +15,9 @@ from urllib.parse import urlsplit
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from fhirserver.core.scopes import ScopeError, validate_requested
 from smart_auth.hashing import same_hash, sha256_hex, utcnow
 from smart_auth.models import OAuthClient
-from smart_auth.scopes import ScopeError, validate_requested
 
 CLIENT_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~")
 GRANT_TYPES = frozenset({"authorization_code", "refresh_token"})

@@ -12,11 +12,11 @@ import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, exists, select, update
 from sqlalchemy.orm import Session
 
 from smart_auth.hashing import as_utc, sha256_hex, utcnow
-from smart_auth.models import AuthorizationCode
+from smart_auth.models import AuthorizationCode, OAuthGrant
 
 CODE_LIFETIME_SECONDS = 60
 
@@ -32,6 +32,7 @@ class NewCode:
     launch_patient: str | None
     auth_time: int
     nonce: str | None = None
+    login_id: str | None = None
 
 
 def new_value() -> str:
@@ -42,8 +43,6 @@ def new_value() -> str:
 def store(session: Session, code: str, new: NewCode) -> None:
     """Store the hash of ``code`` with what it grants (the code itself exists only in the redirect)."""
     now = utcnow()
-    # Housekeeping: codes expired more than an hour ago can go.
-    session.execute(delete(AuthorizationCode).where(AuthorizationCode.expires_at < now - timedelta(hours=1)))
     session.add(
         AuthorizationCode(
             code_hash=sha256_hex(code),
@@ -56,6 +55,7 @@ def store(session: Session, code: str, new: NewCode) -> None:
             code_challenge_method=new.code_challenge_method,
             launch_patient=new.launch_patient,
             auth_time=new.auth_time,
+            login_id=new.login_id,
             expires_at=now + timedelta(seconds=CODE_LIFETIME_SECONDS),
             used=False,
         )
@@ -71,15 +71,27 @@ def find(session: Session, code: str) -> AuthorizationCode | None:
     ).scalar_one_or_none()
 
 
+def purge(session: Session) -> int:
+    """Delete expired codes that no replay could still act on: never redeemed, or redeemed by a
+    grant that is gone (``smart_auth.grants.purge``). A redeemed code stays as long as its grant,
+    so that presenting it again still revokes what it produced."""
+    grant_gone = ~exists(select(OAuthGrant.id).where(OAuthGrant.id == AuthorizationCode.grant_id))
+    result = session.execute(delete(AuthorizationCode).where(
+        AuthorizationCode.expires_at < utcnow() - timedelta(hours=1),
+        AuthorizationCode.grant_id.is_(None) | grant_gone,
+    ))
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
 def is_live(row: AuthorizationCode) -> bool:
     return not row.used and as_utc(row.expires_at) > utcnow()
 
 
-def claim(session: Session, row: AuthorizationCode) -> bool:
-    """Mark the code used; False when someone else redeemed it first."""
+def claim(session: Session, row: AuthorizationCode, grant_id: str) -> bool:
+    """Mark the code used by grant ``grant_id``; False when someone else redeemed it first."""
     result = session.execute(
         update(AuthorizationCode)
         .where(AuthorizationCode.code_hash == row.code_hash, AuthorizationCode.used.is_(False))
-        .values(used=True)
+        .values(used=True, grant_id=grant_id)
     )
     return bool(getattr(result, "rowcount", 0) == 1)

@@ -2,9 +2,10 @@
 
 It advertises only what really works: the standalone launch with public and
 symmetric confidential clients, PKCE S256, refresh tokens for offline and online
-access, patient and user scopes in v1 and v2 syntax, authorize by POST, and OpenID
-Connect id_tokens for ``openid fhirUser`` (hence ``issuer`` and ``sso-openid-connect``;
-the OpenID provider metadata is at ``{issuer}/.well-known/openid-configuration``).
+access, token revocation (RFC 7009) and introspection (RFC 7662), patient and user
+scopes in v1 and v2 syntax, authorize by POST, and OpenID Connect id_tokens for
+``openid fhirUser`` (hence ``issuer`` and ``sso-openid-connect``; the OpenID provider
+metadata is at ``{issuer}/.well-known/openid-configuration``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from __future__ import annotations
 from typing import Any
 
 from fhirserver.config import Settings
+from smart_auth.introspection import SmartIntrospectionEndpoint
 from smart_auth.oauth_server import TOKEN_AUTH_METHODS
+from smart_auth.revocation import SmartRevocationEndpoint
 from smart_auth.tokens import ALG, issuer
 
 CAPABILITIES = [
@@ -56,11 +59,15 @@ def _authorization_server(settings: Settings) -> dict[str, Any]:
         "issuer": issuer(settings),
         "authorization_endpoint": f"{base}/auth/authorize",
         "token_endpoint": f"{base}/auth/token",
+        "revocation_endpoint": f"{base}/auth/revoke",
+        "introspection_endpoint": f"{base}/auth/introspect",
         "jwks_uri": f"{base}/auth/jwks",
         "grant_types_supported": ["authorization_code", "refresh_token"],
         "response_types_supported": ["code"],
         "code_challenge_methods_supported": ["S256"],
         "token_endpoint_auth_methods_supported": list(TOKEN_AUTH_METHODS),
+        "revocation_endpoint_auth_methods_supported": list(SmartRevocationEndpoint.CLIENT_AUTH_METHODS),
+        "introspection_endpoint_auth_methods_supported": list(SmartIntrospectionEndpoint.CLIENT_AUTH_METHODS),
     }
 
 

@@ -1,20 +1,23 @@
 """Login, logout, password change and the signed-in landing page (/auth/...).
 
 The login form answers an unknown username and a wrong password with the same page
-and status (and roughly the same time: see ``accounts.authenticate``); too many
-failures get 429. A first login with a one-time password continues to the password
-change page before anything else, then to the authorization request that started
-the login, which waits in the server-side session (never in the URL).
+and status (and roughly the same time: see ``accounts.authenticate``); an attempt that
+must wait gets 429 with Retry-After (``smart_auth.throttle``). A successful sign-in
+leaves a device cookie, which keeps this browser in good standing for the account.
+A first login with a one-time password continues to the password change page before
+anything else, then to the authorization request that started the login, which waits
+in the session (never in the URL).
 """
 
 from __future__ import annotations
 
-from flask import Blueprint, g, redirect, request, session, url_for
+from flask import Blueprint, g, make_response, redirect, request, session, url_for
 from flask.typing import ResponseReturnValue
+from werkzeug.wrappers import Response
 
 from fhirserver.core.audit import security_event
-from smart_auth import accounts, clients, passwords, refresh_tokens
-from smart_auth.sessions import end, end_other_sessions, regenerate
+from smart_auth import accounts, clients, device_cookies, grants, passwords
+from smart_auth.sessions import LOGIN_KEY, end, end_other_sessions, regenerate
 from smart_auth.web_support import (
     MUST_CHANGE_KEY,
     PENDING_KEY,
@@ -73,19 +76,28 @@ def register(bp: Blueprint) -> None:
                         signed_out=request.args.get("signed_out") == "1")
         username = _form("username")
         password = _form("password")
+        secret = settings().secret_key
+        devices = device_cookies.read(request.cookies.get(device_cookies.COOKIE_NAME), secret)
         try:
-            user = accounts.authenticate(dbs(), settings(), username, password, request.remote_addr)
-        except accounts.LoginThrottled:
+            user = accounts.authenticate(dbs(), settings(), username, password, request.remote_addr,
+                                         device=device_cookies.nonce_for(devices, username))
+        except accounts.LoginThrottled as exc:
             dbs().commit()
-            return page("login.html", 429, error=THROTTLED, username=username,
-                        client_name=_pending_client_name())
+            throttled = make_response(page("login.html", 429, error=THROTTLED, username=username,
+                                           client_name=_pending_client_name()))
+            throttled.headers["Retry-After"] = str(exc.retry_after)
+            return throttled
         dbs().commit()
         if user is None:
             return page("login.html", 400, error=LOGIN_FAILED, username=username,
                         client_name=_pending_client_name())
         sign_in(user)
         regenerate(session)
-        return redirect(after_login_target(), 303)
+        response: Response = redirect(after_login_target(), 303)
+        response.set_cookie(device_cookies.COOKIE_NAME, device_cookies.issue(devices, username, secret),
+                            max_age=device_cookies.MAX_AGE_DAYS * 86400, path=device_cookies.COOKIE_PATH,
+                            httponly=True, secure=settings().base_url.startswith("https://"), samesite="Lax")
+        return response
 
     @bp.route("/password", methods=["GET", "POST"])
     def password() -> ResponseReturnValue:
@@ -130,8 +142,10 @@ def register(bp: Blueprint) -> None:
             # Confirmation page (a GET never signs out: that would be a CSRF hole).
             return page("logout.html", next=target, user=current_user())
         user_id = session.get("uid")
+        login_id = session.get(LOGIN_KEY)
         if isinstance(user_id, str):
-            refresh_tokens.revoke_online(dbs(), user_id)
+            if isinstance(login_id, str):
+                grants.revoke_login(dbs(), login_id)  # online access ends with the sign-in
             security_event(dbs(), subtype="logout", outcome="0", user_id=user_id,
                            address=request.remote_addr, description="logout")
             dbs().commit()

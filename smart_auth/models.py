@@ -57,7 +57,30 @@ class OAuthClient(Base):
     )
     # First-party clients (our portal and console) skip the consent page.
     first_party: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    # A resource server may introspect any token (RFC 7662); other confidential clients only their own.
+    resource_server: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
+class OAuthGrant(Base):
+    """One authorization of one client by one user: every token it produced carries its id.
+
+    Access tokens name it (claim ``gid``) and refresh tokens belong to it; the API checks
+    it on every request, so revoking it ends all of them at once (``smart_auth.grants``).
+    """
+
+    __tablename__ = "oauth_grant"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(64), nullable=False, index=True)
+    client_id: Mapped[str] = mapped_column(String(100), nullable=False)
+    scope: Mapped[str] = mapped_column(Text, nullable=False)
+    # offline_access: survives logout; otherwise the grant ends with the login (login_id).
+    offline: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    login_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    last_issued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    revoke_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
 
 class AuthorizationCode(Base):
@@ -74,11 +97,16 @@ class AuthorizationCode(Base):
     auth_time: Mapped[int] = mapped_column(Integer, nullable=False)
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     used: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    # The browser login that approved the code; the grant made at redemption keeps it.
+    login_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # Set when the code is redeemed: a replayed code revokes this grant (RFC 6749 4.1.2).
+    grant_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
 
 class RefreshToken(Base):
     __tablename__ = "oauth_refresh_token"
     token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    grant_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
     client_id: Mapped[str] = mapped_column(String(100), nullable=False)
     user_id: Mapped[str] = mapped_column(String(64), nullable=False, index=True)
     scope: Mapped[str] = mapped_column(Text, nullable=False)
@@ -104,16 +132,21 @@ class WebSession(Base):
     __tablename__ = "web_session"
     id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     data: Mapped[str] = mapped_column(Text, nullable=False, default="{}")
-    user_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    user_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    # Stable for one sign-in across id regenerations: grants and id_tokens (``sid``) name it.
+    login_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     __table_args__ = (Index("ix_web_session_last_seen", "last_seen_at"),)
 
 
 class LoginThrottle(Base):
-    """Failed-login counters per account and per network address (keys are hashed)."""
+    """Failed-login counters (``smart_auth.throttle``); keys are hashed, never usernames or addresses."""
 
     __tablename__ = "login_throttle"
     key: Mapped[str] = mapped_column(String(80), primary_key=True)
     failures: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     window_start: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    last_failure_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # No attempt on this key before this instant (growing delays); None: not delayed.
+    blocked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

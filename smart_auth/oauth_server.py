@@ -10,7 +10,11 @@ leave for SMART (see docs in /work/shared/reference/library-notes.md):
   Authlib's 10-day default;
 - refresh tokens are issued only for ``offline_access``/``online_access``, rotated
   on every use, with replay detection (``smart_auth.refresh_tokens``);
-- a refresh may narrow the scope but never widen it, and only its own client may use it.
+- a refresh may narrow the scope but never widen it, and only its own client may use it;
+- every token belongs to a grant (``smart_auth.grants``), made when the code is redeemed:
+  a replayed code or refresh token revokes the grant, access tokens included;
+- revocation (RFC 7009) and introspection (RFC 7662) are Authlib's endpoints over our
+  tokens (``smart_auth.revocation``, ``smart_auth.introspection``).
 
 The authorize endpoint's user interaction (login, patient picker, consent) lives in
 ``smart_auth.authorize_views``; it hands the outcome to :meth:`issue_code` as a
@@ -40,10 +44,10 @@ from flask import request as flask_request
 
 from fhirserver.config import Settings
 from fhirserver.core.audit import security_event
-from smart_auth import clients, codes, refresh_tokens, scope_policy, tokens
+from fhirserver.core.scopes import ScopeError, validate_requested
+from smart_auth import clients, codes, grants, refresh_tokens, scope_policy, tokens
 from smart_auth.models import OAuthClient, RefreshToken, UserAccount
 from smart_auth.pkce import S256CodeChallenge
-from smart_auth.scopes import ScopeError, validate_requested
 from smart_auth.web_support import dbs
 
 log = logging.getLogger(__name__)
@@ -93,6 +97,7 @@ class Decision:
     scopes: list[str]
     patient: str | None
     auth_time: int
+    login_id: str | None = None
 
     @property
     def id(self) -> str:  # Authlib logs/uses request.user.id in places
@@ -103,9 +108,11 @@ class Decision:
 class TokenContext:
     """What the token being built needs beyond Authlib's (user, scope): patient and refresh policy."""
 
+    grant_id: str = ""
     patient: str | None = None
     nonce: str | None = None
     auth_time: int | None = None
+    login_id: str | None = None
     refresh_scope: str | None = None
     refresh_patient: str | None = None
     refresh_expires_at: Any = None
@@ -160,6 +167,11 @@ class SmartAuthorizationServer(AuthorizationServer):
         self.init_app(app)
         self.register_grant(SmartCodeGrant, [S256CodeChallenge()])
         self.register_grant(SmartRefreshGrant)
+        from smart_auth.introspection import SmartIntrospectionEndpoint
+        from smart_auth.revocation import SmartRevocationEndpoint
+
+        self.register_endpoint(SmartRevocationEndpoint)
+        self.register_endpoint(SmartIntrospectionEndpoint)
         # Authlib's own parser fails with a 500 on a non-UTF-8 Basic header.
         self.register_client_auth_method("client_secret_basic", _authenticate_client_secret_basic)
 
@@ -208,7 +220,9 @@ def _token_response(
     ctx: TokenContext,
 ) -> dict[str, Any]:
     """The JSON of a successful token response (the refresh token row is written here)."""
-    access = tokens.issue_access_token(settings, user=user, client_id=client_id, scope=scope, patient=ctx.patient)
+    access = tokens.issue_access_token(settings, user=user, client_id=client_id, scope=scope,
+                                       grant_id=ctx.grant_id, patient=ctx.patient)
+    grants.note_issue(dbs(), ctx.grant_id)
     body: dict[str, Any] = {
         "access_token": access,
         "token_type": "Bearer",
@@ -219,11 +233,12 @@ def _token_response(
         body["patient"] = ctx.patient
     if "openid" in scope.split():
         body["id_token"] = tokens.issue_id_token(settings, user=user, client_id=client_id, nonce=ctx.nonce,
-                                                 auth_time=ctx.auth_time)
+                                                 auth_time=ctx.auth_time, sid=ctx.login_id)
     if ctx.refresh_scope is not None:
         body["refresh_token"] = refresh_tokens.create(
             dbs(),
             refresh_tokens.RefreshGrant(
+                grant_id=ctx.grant_id,
                 client_id=client_id,
                 user_id=user.id,
                 scope=ctx.refresh_scope,
@@ -279,6 +294,7 @@ class SmartCodeGrant(AuthorizationCodeGrant):
                 launch_patient=decision.patient,
                 auth_time=decision.auth_time,
                 nonce=data.get("nonce"),
+                login_id=decision.login_id,
             ),
         )
 
@@ -287,11 +303,12 @@ class SmartCodeGrant(AuthorizationCodeGrant):
         if row is None or row.client_id != client.get_client_id():
             return None
         if row.used:
-            # A replayed code: revoke what it produced (RFC 6749 §4.1.2).
-            refresh_tokens.revoke_family(dbs(), row.user_id, row.client_id)
+            # A replayed code: revoke what it produced, access tokens included (RFC 6749 §4.1.2).
+            if row.grant_id:
+                grants.revoke(dbs(), row.grant_id, "code-replay")
             security_event(dbs(), subtype="token-issue", outcome="8", user_id=row.user_id,
                            client_id=row.client_id, address=flask_request.remote_addr,
-                           description="authorization code replayed: refresh tokens revoked")
+                           description="authorization code replayed: its grant was revoked")
             return None
         if not codes.is_live(row):
             return None
@@ -305,16 +322,22 @@ class SmartCodeGrant(AuthorizationCodeGrant):
 
     def create_token_response(self) -> Any:
         stored: StoredCode = self.request.authorization_code
-        if not codes.claim(dbs(), stored.row):
+        row = stored.row
+        grant_id = grants.new_id()
+        if not codes.claim(dbs(), row, grant_id):
             raise InvalidGrantError("Invalid 'code' in request.")
+        grants.create(dbs(), grant_id=grant_id, user_id=row.user_id, client_id=row.client_id, scope=row.scope,
+                      login_id=row.login_id)
+        self._grant_id = grant_id
         return super().create_token_response()
 
     def generate_token(self, user: Any = None, scope: Any = None, grant_type: Any = None,
                        expires_in: Any = None, include_refresh_token: bool = True) -> dict[str, Any]:
         row = self.request.authorization_code.row
         granted = row.scope.split()
-        ctx = TokenContext(patient=row.launch_patient if scope_policy.needs_patient(granted) else None,
-                           nonce=row.nonce, auth_time=row.auth_time or None)
+        ctx = TokenContext(grant_id=self._grant_id,
+                           patient=row.launch_patient if scope_policy.needs_patient(granted) else None,
+                           nonce=row.nonce, auth_time=row.auth_time or None, login_id=row.login_id)
         if include_refresh_token and scope_policy.wants_refresh(granted):
             ctx.refresh_scope = row.scope
             ctx.refresh_patient = ctx.patient
@@ -370,12 +393,13 @@ class SmartRefreshGrant(RefreshTokenGrant):
             return None
         if row.revoked:
             # Rotation means a revoked token is never presented by its rightful owner.
-            n = refresh_tokens.revoke_family(dbs(), row.user_id, row.client_id)
-            security_event(dbs(), subtype="token-refresh", outcome="8", user_id=row.user_id,
-                           client_id=row.client_id, address=flask_request.remote_addr,
-                           description=f"revoked refresh token replayed: {n} refresh tokens revoked")
+            if row.grant_id and grants.revoke(dbs(), row.grant_id, "refresh-replay"):
+                security_event(dbs(), subtype="token-refresh", outcome="8", user_id=row.user_id,
+                               client_id=row.client_id, address=flask_request.remote_addr,
+                               description="revoked refresh token replayed: its grant was revoked")
             return None
-        if not refresh_tokens.is_live(row):
+        grant = grants.get(dbs(), row.grant_id)
+        if not refresh_tokens.is_live(row) or grant is None or grant.revoked_at is not None:
             return None
         return StoredRefresh(row)
 
@@ -406,7 +430,10 @@ class SmartRefreshGrant(RefreshTokenGrant):
     def issue_token(self, user: UserAccount, refresh_token: StoredRefresh) -> dict[str, Any]:
         row = refresh_token.row
         scope = " ".join((self.request.payload.scope or row.scope).split())
-        ctx = TokenContext(patient=row.launch_patient if scope_policy.needs_patient(scope.split()) else None)
+        grant = grants.get(dbs(), row.grant_id)
+        ctx = TokenContext(grant_id=row.grant_id or "",
+                           patient=row.launch_patient if scope_policy.needs_patient(scope.split()) else None,
+                           login_id=grant.login_id if grant else None)
         # RFC 6749 §6: the new refresh token carries the original grant, whatever was narrowed.
         ctx.refresh_scope = row.scope
         ctx.refresh_patient = row.launch_patient

@@ -1,10 +1,11 @@
 """Refresh tokens (table ``oauth_refresh_token``): opaque, hashed, rotated on every use.
 
-Each refresh revokes the token it used and issues a new one (rotation). Presenting a
-revoked token again means it was copied: every refresh token of that user and client
-is then revoked (reuse detection, ASVS 10.4.5). Offline tokens live
-``refresh_token_days`` and are renewed by rotation; online tokens end with the login
-session's absolute lifetime and keep their original expiry through rotations.
+Each refresh revokes the token it used and issues a new one in the same grant
+(rotation). Presenting a revoked token again means it was copied: its whole grant is
+then revoked, access tokens included (reuse detection, ASVS 10.4.5; ``smart_auth.grants``).
+Offline tokens live ``refresh_token_days`` and are renewed by rotation; online tokens
+end with the login session's absolute lifetime and keep their original expiry through
+rotations (and end at logout with their grant).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from fhirserver.config import Settings
@@ -23,6 +24,7 @@ from smart_auth.models import RefreshToken
 
 @dataclass(frozen=True)
 class RefreshGrant:
+    grant_id: str
     client_id: str
     user_id: str
     scope: str
@@ -43,6 +45,7 @@ def create(session: Session, grant: RefreshGrant) -> str:
     session.add(
         RefreshToken(
             token_hash=sha256_hex(token),
+            grant_id=grant.grant_id,
             client_id=grant.client_id,
             user_id=grant.user_id,
             scope=grant.scope,
@@ -78,34 +81,7 @@ def claim(session: Session, row: RefreshToken) -> bool:
     return bool(getattr(result, "rowcount", 0) == 1)
 
 
-def revoke_family(session: Session, user_id: str, client_id: str) -> int:
-    """Revoke every refresh token of a user for a client (replay detected, or the user revokes the app)."""
-    result = session.execute(
-        update(RefreshToken)
-        .where(
-            RefreshToken.user_id == user_id,
-            RefreshToken.client_id == client_id,
-            RefreshToken.revoked.is_(False),
-        )
-        .values(revoked=True)
-    )
+def purge(session: Session) -> int:
+    """Delete refresh tokens past their expiry (a replay of one is then simply unknown)."""
+    result = session.execute(delete(RefreshToken).where(RefreshToken.expires_at < utcnow()))
     return int(getattr(result, "rowcount", 0) or 0)
-
-
-def revoke_online(session: Session, user_id: str) -> int:
-    """At logout: revoke the user's refresh tokens granted with ``online_access`` only.
-
-    ``online_access`` means "while the user stays signed in"; ``offline_access`` tokens
-    survive logout until they expire or the user revokes the app.
-    """
-    rows = session.execute(
-        select(RefreshToken).where(RefreshToken.user_id == user_id, RefreshToken.revoked.is_(False))
-    ).scalars()
-    count = 0
-    for row in rows:
-        scopes = row.scope.split()
-        if "online_access" in scopes and "offline_access" not in scopes:
-            row.revoked = True
-            count += 1
-    session.flush()
-    return count

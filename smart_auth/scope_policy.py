@@ -5,12 +5,12 @@ registration covers entirely is granted exactly as written (so v1 scopes such as
 ``patient/*.read`` are echoed back as requested); one that is covered only in part
 is narrowed to the covered permissions, written in v2 syntax; anything else is
 dropped. Malformed scopes are not narrowed but refused (``invalid_scope``) by the
-caller, through :func:`smart_auth.scopes.validate_requested`.
+caller, through :func:`fhirserver.core.scopes.validate_requested`.
 """
 
 from __future__ import annotations
 
-from smart_auth.scopes import PERMISSION_ORDER, ResourceScope, ScopeError, parse_scope
+from fhirserver.core.scopes import PERMISSION_ORDER, ResourceScope, ScopeError, parse_scope
 
 IDENTITY_SCOPES = frozenset({"openid", "fhirUser", "offline_access", "online_access"})
 LAUNCH_PATIENT = "launch/patient"

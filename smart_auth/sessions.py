@@ -1,23 +1,32 @@
-"""Server-side browser sessions of the login server (table ``web_session``).
+"""Browser sessions of the login server: a sealed cookie before sign-in, a database row after.
 
-The cookie carries only a random 256-bit id; the table keys the session by the id's
-SHA-256, so a copy of the table cannot be replayed as cookies. Sessions end after
-``session_idle_minutes`` without a request (HIPAA automatic logoff) and after
-``session_absolute_hours`` in any case. Logging in issues a new id
-(:func:`regenerate`), logging out deletes the row (:func:`end`), so an old cookie
-is worthless on the server.
+Before anyone signs in, a browser's session (the pending authorization request: client,
+redirect URI, PKCE challenge, state; and the login form's CSRF token) travels in a sealed
+cookie (AES-256-GCM under a key derived from SECRET_KEY) that lives ``PRE_LOGIN_SECONDS``
+from its creation. Anonymous requests therefore write nothing to the database: a flood of
+GETs of the login or authorize pages leaves no rows behind.
 
-A row and a cookie are created only when a view writes to the session: the FHIR
-API never touches ``session``, so its responses never carry a cookie. The cookie is
-HttpOnly, SameSite=Lax, limited to Path=/auth, and Secure when the public base URL
-is https.
+Signing in moves the session into the ``web_session`` table: the cookie then carries only
+a random 256-bit id, and the table keys the session by the id's SHA-256, so a copy of the
+table cannot be replayed as cookies. Sessions end after ``session_idle_minutes`` without
+a request (HIPAA automatic logoff) and after ``session_absolute_hours`` in any case.
+Signing in issues a new id (:func:`regenerate`), logging out deletes the row (:func:`end`),
+so an old cookie is worthless on the server. Each sign-in has a ``login_id`` that survives
+id regeneration: the grants made in it and its id_tokens (claim ``sid``) name it, so that
+logging out can end them too (:func:`end_login`).
+
+The cookies are HttpOnly, SameSite=Lax, limited to Path=/auth, and Secure when the public
+base URL is https. The FHIR API never touches ``session``, so its responses carry none.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
 import secrets
+import time
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -28,14 +37,21 @@ from sqlalchemy.orm import Session
 from werkzeug.datastructures import CallbackDict
 
 from fhirserver.config import Settings
+from fhirserver.core.crypto import derive_key, seal, unseal
 from fhirserver.extensions import db
 from smart_auth.hashing import as_utc, sha256_hex, utcnow
 from smart_auth.models import WebSession
 
 log = logging.getLogger(__name__)
 COOKIE_NAME = "fhir_auth_session"
+PRE_COOKIE_NAME = "fhir_auth_pre"
 COOKIE_PATH = "/auth"
 USER_KEY = "uid"
+LOGIN_KEY = "login"
+PRE_LOGIN_SECONDS = 1200
+# Browsers keep cookies up to about 4 KB; the authorize view refuses larger pending requests.
+MAX_PRE_COOKIE = 3800
+PRE_PURPOSE = b"fhir-auth pre-login session v1"
 
 
 class ServerSession(CallbackDict[str, Any], SessionMixin):
@@ -47,16 +63,18 @@ class ServerSession(CallbackDict[str, Any], SessionMixin):
         id_hash: str | None = None,
         created_at: datetime | None = None,
         expired: bool = False,
+        pre_created: int | None = None,
     ) -> None:
         def on_update(_: Any) -> None:
             self.modified = True
 
         super().__init__(initial or {}, on_update)
-        self.id_hash = id_hash
+        self.id_hash = id_hash  # set when the session is a database row (someone signed in)
         self.created_at = created_at
+        self.pre_created = pre_created  # set when it came from a sealed pre-login cookie
         self.new = id_hash is None
         self.modified = False
-        self.expired = expired  # the cookie named a session that timed out
+        self.expired = expired  # the cookie named a session that timed out or was ended
         self.regenerate_requested = False
         self.end_requested = False
 
@@ -75,6 +93,10 @@ def end(session: Any) -> None:
         session.end_requested = True
 
 
+def new_login_id() -> str:
+    return secrets.token_urlsafe(24)
+
+
 def end_other_sessions(dbs: Session, user_id: str, keep: Any) -> None:
     """Log a user out everywhere else (after a password change)."""
     q = delete(WebSession).where(WebSession.user_id == user_id)
@@ -83,8 +105,14 @@ def end_other_sessions(dbs: Session, user_id: str, keep: Any) -> None:
     dbs.execute(q)
 
 
+def end_login(dbs: Session, login_id: str) -> int:
+    """End every browser session of one sign-in (a back-channel logout names it by ``sid``)."""
+    result = dbs.execute(delete(WebSession).where(WebSession.login_id == login_id))
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
 def purge_expired(dbs: Session, settings: Settings) -> int:
-    """Delete rows past their idle or absolute limit (run by the CLI/cron; optional)."""
+    """Delete rows past their idle or absolute limit (the Celery beat purge runs this)."""
     now = utcnow()
     result = dbs.execute(
         delete(WebSession).where(
@@ -105,24 +133,60 @@ class DatabaseSessionInterface(SessionInterface):
         self.idle = timedelta(minutes=settings.session_idle_minutes)
         self.absolute = timedelta(hours=settings.session_absolute_hours)
         self.secure = settings.base_url.lower().startswith("https://")
+        self.pre_key = derive_key(settings.secret_key, PRE_PURPOSE)
+
+    # -- the sealed pre-login cookie ---------------------------------------------------
+    def _open_pre(self, value: str | None) -> ServerSession | None:
+        if not value or len(value) > MAX_PRE_COOKIE * 2:
+            return None
+        try:
+            blob = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+        except (binascii.Error, ValueError):
+            return None
+        plain = unseal(blob, self.pre_key, PRE_PURPOSE)
+        if plain is None:
+            return None
+        try:
+            payload = json.loads(plain)
+            created, data = int(payload["c"]), payload["d"]
+        except (ValueError, KeyError, TypeError):
+            return None
+        if not isinstance(data, dict) or time.time() - created > PRE_LOGIN_SECONDS or USER_KEY in data:
+            return None
+        return ServerSession(data, pre_created=created)
+
+    def _seal_pre(self, session: ServerSession) -> str | None:
+        created = session.pre_created or int(time.time())
+        plain = json.dumps({"c": created, "d": dict(session)}, separators=(",", ":")).encode()
+        value = base64.urlsafe_b64encode(seal(plain, self.pre_key, PRE_PURPOSE)).rstrip(b"=").decode("ascii")
+        return value if len(value) <= MAX_PRE_COOKIE else None
 
     # -- loading --------------------------------------------------------------------
     def open_session(self, app: Flask, request: Request) -> ServerSession:
         cookie = request.cookies.get(COOKIE_NAME)
-        if not _valid_cookie(cookie):
-            return ServerSession()
-        id_hash = sha256_hex(cookie or "")
+        expired = False
+        if _valid_cookie(cookie):
+            found = self._open_row(cookie or "")
+            if found is not None:
+                return found
+            expired = True  # the cookie named a session that timed out or was ended
+        pre = self._open_pre(request.cookies.get(PRE_COOKIE_NAME)) or ServerSession()
+        pre.expired = expired
+        return pre
+
+    def _open_row(self, cookie: str) -> ServerSession | None:
+        id_hash = sha256_hex(cookie)
         dbs = db.session()
         try:
             row = dbs.execute(select(WebSession).where(WebSession.id_hash == id_hash)).scalar_one_or_none()
             if row is None:
                 dbs.commit()
-                return ServerSession(expired=True)
+                return None
             now = utcnow()
             if now - as_utc(row.last_seen_at) > self.idle or now - as_utc(row.created_at) > self.absolute:
                 dbs.delete(row)
                 dbs.commit()
-                return ServerSession(expired=True)
+                return None
             try:
                 data = json.loads(row.data or "{}")
             except ValueError:
@@ -135,22 +199,17 @@ class DatabaseSessionInterface(SessionInterface):
         return ServerSession(data if isinstance(data, dict) else {}, id_hash=id_hash, created_at=created)
 
     # -- saving ---------------------------------------------------------------------
-    def _set_cookie(self, response: Response, value: str) -> None:
-        response.set_cookie(
-            COOKIE_NAME,
-            value,
-            path=COOKIE_PATH,
-            httponly=True,
-            secure=self.secure,
-            samesite="Lax",
-        )
-
-    def _delete_cookie(self, response: Response) -> None:
-        response.delete_cookie(COOKIE_NAME, path=COOKIE_PATH, httponly=True, secure=self.secure, samesite="Lax")
+    def _cookie_args(self) -> dict[str, Any]:
+        return {"path": COOKIE_PATH, "httponly": True, "secure": self.secure, "samesite": "Lax"}
 
     def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
-        if not isinstance(session, ServerSession) or not self._needs_database(session):
-            return  # the common case for the API: no cookie, nothing written, no database access
+        if not isinstance(session, ServerSession):
+            return
+        if not session.id_hash and not session.get(USER_KEY) and not session.end_requested:
+            self._save_pre(session, response)  # no database access at all before sign-in
+            return
+        if not self._needs_database(session):
+            return
         dbs = db.session()
         if response.status_code >= 500:
             dbs.rollback()  # never let a failed view's half-done work ride along with our commit
@@ -162,6 +221,19 @@ class DatabaseSessionInterface(SessionInterface):
             log.exception("could not save the login session")
             raise
 
+    def _save_pre(self, session: ServerSession, response: Response) -> None:
+        if not session.modified:
+            return
+        if not session:
+            if session.pre_created is not None:
+                response.delete_cookie(PRE_COOKIE_NAME, **self._cookie_args())
+            return
+        value = self._seal_pre(session)
+        if value is None:
+            log.warning("pre-login session too large for its cookie; not kept")
+            return
+        response.set_cookie(PRE_COOKIE_NAME, value, max_age=PRE_LOGIN_SECONDS, **self._cookie_args())
+
     @staticmethod
     def _needs_database(session: ServerSession) -> bool:
         return bool(session.id_hash) or (session.modified and bool(session)) or session.end_requested
@@ -171,7 +243,8 @@ class DatabaseSessionInterface(SessionInterface):
         if session.end_requested or (not session and not session.new and session.modified):
             if session.id_hash:
                 dbs.execute(delete(WebSession).where(WebSession.id_hash == session.id_hash))
-            self._delete_cookie(response)
+            response.delete_cookie(COOKIE_NAME, **self._cookie_args())
+            response.delete_cookie(PRE_COOKIE_NAME, **self._cookie_args())
             return
         # A stale cookie (expired session) is left alone until the session is written again: it
         # maps to nothing, and it lets the login page say why the user has to sign in again.
@@ -180,19 +253,21 @@ class DatabaseSessionInterface(SessionInterface):
                 dbs.execute(update(WebSession).where(WebSession.id_hash == session.id_hash)
                             .values(last_seen_at=now))
             return
-        if not session and session.new:
-            return
         data = json.dumps(dict(session), separators=(",", ":"))
         user_id = session.get(USER_KEY)
         user_id = user_id if isinstance(user_id, str) else None
+        login_id = session.get(LOGIN_KEY)
+        login_id = login_id if isinstance(login_id, str) else None
         if session.new or session.regenerate_requested:
             if session.id_hash:
                 dbs.execute(delete(WebSession).where(WebSession.id_hash == session.id_hash))
             value = secrets.token_urlsafe(32)
-            dbs.add(WebSession(id_hash=sha256_hex(value), data=data, user_id=user_id,
+            dbs.add(WebSession(id_hash=sha256_hex(value), data=data, user_id=user_id, login_id=login_id,
                                created_at=now, last_seen_at=now))
-            self._set_cookie(response, value)
+            response.set_cookie(COOKIE_NAME, value, **self._cookie_args())
+            if session.pre_created is not None:
+                response.delete_cookie(PRE_COOKIE_NAME, **self._cookie_args())
             return
         dbs.execute(update(WebSession).where(WebSession.id_hash == session.id_hash)
-                    .values(data=data, user_id=user_id, last_seen_at=now))
+                    .values(data=data, user_id=user_id, login_id=login_id, last_seen_at=now))
         response.vary.add("Cookie")

@@ -2,10 +2,13 @@
 
 The claims are the contract of docs/architecture.md: ``iss`` = {base}/auth,
 ``sub`` = user account id, ``aud`` = {base}/fhir, ``client_id``, ``scope``, ``exp``,
-``iat``, ``jti``, ``role``, ``fhirUser`` and ``patient`` (when present). The key id is
-the RFC 7638 thumbprint of the public key, so it changes exactly when the key does.
-Verification accepts RS256 only (no ``none``, no HMAC confusion) and checks the
-signature, expiry, issuer and audience.
+``iat``, ``jti``, ``gid`` (the grant, ``smart_auth.grants``), ``role``, ``fhirUser`` and
+``patient`` (when present). The key id is the RFC 7638 thumbprint of the public key, so
+it changes exactly when the key does. Verification accepts RS256 only (no ``none``, no
+HMAC confusion) and checks the signature, issuer, audience, expiry, a lifetime
+(``exp - iat``) no longer than the configured maximum, and a ``nbf`` not in the future:
+even a token signed with our own key is refused when its times are out of bounds.
+Whether the grant still stands is checked per request by ``smart_auth.resource_server``.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import RSAKey
 
 from fhirserver.config import Settings
+from fhirserver.core.ports import TokenRejected
 from smart_auth.models import UserAccount
 
 ALG = "RS256"
@@ -29,7 +33,7 @@ MAX_LIFETIME = 3600
 LEEWAY_SECONDS = 30
 
 
-class InvalidToken(Exception):
+class InvalidToken(TokenRejected):
     """The token must not be accepted; ``str(exc)`` is a short reason safe to return."""
 
 
@@ -68,11 +72,13 @@ def issue_access_token(
     user: UserAccount,
     client_id: str,
     scope: str,
+    grant_id: str,
     patient: str | None = None,
     lifetime: int | None = None,
 ) -> str:
-    """Sign an access token for ``user``; ``lifetime`` is capped by settings and by one hour."""
-    seconds = min(lifetime or settings.access_token_seconds, settings.access_token_seconds, MAX_LIFETIME)
+    """Sign an access token of grant ``grant_id`` for ``user``; ``lifetime`` is capped by settings
+    and by one hour."""
+    seconds = min(lifetime or settings.access_token_seconds, max_lifetime(settings))
     if seconds <= 0:
         raise ValueError("lifetime must be positive")
     now = int(time.time())
@@ -85,6 +91,7 @@ def issue_access_token(
         "exp": now + seconds,
         "iat": now,
         "jti": uuid.uuid4().hex,
+        "gid": grant_id,
         "role": user.role,
     }
     if user.fhir_user:
@@ -102,11 +109,13 @@ def issue_id_token(
     client_id: str,
     nonce: str | None = None,
     auth_time: int | None = None,
+    sid: str | None = None,
 ) -> str:
     """An OpenID Connect id_token (SMART ``openid fhirUser``): who signed in, for this client only.
 
     ``fhirUser`` is an absolute URL here (SMART App Launch §scopes: openid), unlike the access
-    token's relative reference, which the FHIR server itself reads.
+    token's relative reference, which the FHIR server itself reads. ``sid`` names the
+    sign-in (OIDC's session id): a first-party client ends that sign-in with it at logout.
     """
     now = int(time.time())
     claims: dict[str, Any] = {
@@ -120,6 +129,8 @@ def issue_id_token(
         claims["nonce"] = nonce
     if auth_time:
         claims["auth_time"] = auth_time
+    if sid:
+        claims["sid"] = sid
     if user.fhir_user:
         claims["fhirUser"] = f"{settings.fhir_base}/{user.fhir_user}"
     sk = signing_key(settings)
@@ -130,8 +141,17 @@ def lifetime_of(token_claims: dict[str, Any]) -> int:
     return int(token_claims["exp"]) - int(token_claims["iat"])
 
 
-def verify_access_token(token: str, settings: Settings) -> dict[str, Any]:
-    """Return the claims of a valid access token or raise InvalidToken with a short reason."""
+def max_lifetime(settings: Settings) -> int:
+    """The longest an access token may live: the configured lifetime, never above one hour."""
+    return min(settings.access_token_seconds, MAX_LIFETIME)
+
+
+def verify_signature(token: str, settings: Settings) -> dict[str, Any]:
+    """The claims of a token signed by us (RS256, our key id), with every required claim present.
+
+    Time-independent, so a process may cache the result per token; :func:`check_times`
+    must still run on every use.
+    """
     if not isinstance(token, str) or not token or len(token) > 8192 or token.count(".") != 2:
         raise InvalidToken("malformed token")
     sk = signing_key(settings)
@@ -151,21 +171,60 @@ def verify_access_token(token: str, settings: Settings) -> dict[str, Any]:
         raise InvalidToken("unsupported algorithm")
     if header.get("kid") not in (None, sk.kid):
         raise InvalidToken("unknown key")
-    for name in ("iss", "sub", "aud", "exp", "iat", "client_id", "scope", "role"):
+    for name in ("iss", "sub", "aud", "exp", "iat", "client_id", "scope", "role", "gid"):
         if name not in claims:
             raise InvalidToken("missing claims")
-    now = int(time.time())
-    try:
-        exp, iat = int(claims["exp"]), int(claims["iat"])
-    except (TypeError, ValueError):
-        raise InvalidToken("malformed token") from None
-    if exp <= now:  # no leeway: the same server issues and checks
-        raise InvalidToken("token expired")
-    if iat > now + LEEWAY_SECONDS:
-        raise InvalidToken("token issued in the future")
+    for name in ("exp", "iat", "nbf"):
+        if name in claims and (isinstance(claims[name], bool) or not isinstance(claims[name], int)):
+            raise InvalidToken("malformed token")
     if claims["iss"] != issuer(settings):
         raise InvalidToken("wrong issuer")
     aud = claims["aud"]
     if aud != settings.fhir_base and not (isinstance(aud, list) and aud == [settings.fhir_base]):
         raise InvalidToken("wrong audience")
+    if claims["exp"] - claims["iat"] > max_lifetime(settings):
+        raise InvalidToken("token lifetime too long")
+    return dict(claims)
+
+
+def check_times(claims: dict[str, Any], now: int | None = None) -> None:
+    """Expiry, issue time and not-before against the clock (run on every use of a token)."""
+    now = int(time.time()) if now is None else now
+    if claims["exp"] <= now:  # no leeway: the same server issues and checks
+        raise InvalidToken("token expired")
+    if claims["iat"] > now + LEEWAY_SECONDS:
+        raise InvalidToken("token issued in the future")
+    if "nbf" in claims and claims["nbf"] > now + LEEWAY_SECONDS:
+        raise InvalidToken("token not valid yet")
+
+
+def verify_access_token(token: str, settings: Settings) -> dict[str, Any]:
+    """Return the claims of a valid access token or raise InvalidToken with a short reason.
+
+    This checks the token alone; whether its grant still stands is the resource server's
+    per-request check (``smart_auth.resource_server``).
+    """
+    claims = verify_signature(token, settings)
+    check_times(claims)
+    return claims
+
+
+def verify_id_token_hint(token: str, settings: Settings, client_id: str) -> dict[str, Any]:
+    """The claims of an id_token we issued to ``client_id`` (OIDC ``id_token_hint``).
+
+    As OpenID Connect RP-Initiated Logout allows, an expired id_token is still a good hint:
+    it proves which sign-in the client means, and the client authenticates besides.
+    """
+    if not isinstance(token, str) or not token or len(token) > 8192 or token.count(".") != 2:
+        raise InvalidToken("malformed token")
+    sk = signing_key(settings)
+    try:
+        decoded = jwt.decode(token, sk.key, algorithms=[ALG])
+    except (JoseError, ValueError, TypeError):
+        raise InvalidToken("bad id_token") from None
+    claims = decoded.claims
+    if decoded.header.get("alg") != ALG or claims.get("iss") != issuer(settings) or claims.get("aud") != client_id:
+        raise InvalidToken("bad id_token")
+    if not isinstance(claims.get("sid"), str) or not isinstance(claims.get("sub"), str):
+        raise InvalidToken("bad id_token")
     return dict(claims)

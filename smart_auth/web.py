@@ -1,10 +1,11 @@
 """The login server's Flask wiring: ``init_auth(app, settings)``.
 
 Registers the ``/auth`` blueprint (login, logout, password, authorize and its pages,
-token, JWKS), SMART discovery at ``/.well-known/smart-configuration`` and under the
-FHIR base, the server-side session interface, CSRF checks on every form, and the
-security headers of the login pages. Protocol logic lives in ``oauth_server`` and
-the plain modules; this file only connects them to Flask.
+token, revocation, introspection, back-channel end of a sign-in, JWKS), SMART
+discovery at ``/.well-known/smart-configuration`` and under the FHIR base, the session
+interface, CSRF checks on every form, and the security headers of the login pages.
+Protocol logic lives in ``oauth_server`` and the plain modules; this file only
+connects them to Flask.
 """
 
 from __future__ import annotations
@@ -18,16 +19,18 @@ from flask.typing import ResponseReturnValue
 from flask_wtf.csrf import CSRFError, CSRFProtect
 
 from fhirserver.config import Settings
-from smart_auth import authorize_views, clients, discovery, login_views, tokens
+from smart_auth import authorize_views, clients, discovery, end_session, login_views, tokens
 from smart_auth.oauth_server import SmartAuthorizationServer, parse_basic_auth
 from smart_auth.sessions import DatabaseSessionInterface
 from smart_auth.web_support import PENDING_KEY, dbs, error_page, get_state
 
-# Endpoints that cannot carry our CSRF token: the token endpoint is called by apps
-# (authenticated by client credentials and PKCE), and the first authorize request
-# arrives from the app's page (it only starts a flow; every approval form is protected).
-CSRF_EXEMPT = frozenset({"smart_auth.token", "smart_auth.authorize"})
-JSON_ENDPOINTS = frozenset({"smart_auth.token", "smart_auth.jwks"})
+# Endpoints that cannot carry our CSRF token: the token, revocation, introspection and
+# end-session endpoints are called by apps (authenticated by client credentials), and the
+# first authorize request arrives from the app's page (it only starts a flow; every
+# approval form is protected).
+CLIENT_ENDPOINTS = frozenset({"smart_auth.token", "smart_auth.revoke", "smart_auth.introspect",
+                              "smart_auth.end_session"})
+CSRF_EXEMPT = CLIENT_ENDPOINTS | {"smart_auth.authorize"}
 
 
 @dataclass
@@ -154,6 +157,20 @@ def create_blueprint() -> Blueprint:
             response = server.handle_error_response(None, error)
         dbs().commit()  # also keeps a claimed code/refresh token and audit rows of failures
         return response  # type: ignore[no-any-return]
+
+    @bp.post("/revoke")
+    def revoke() -> ResponseReturnValue:
+        response = get_state().server.create_endpoint_response("revocation")
+        dbs().commit()
+        return response  # type: ignore[no-any-return]
+
+    @bp.post("/introspect")
+    def introspect() -> ResponseReturnValue:
+        response = get_state().server.create_endpoint_response("introspection")
+        dbs().rollback()  # introspection only reads
+        return response  # type: ignore[no-any-return]
+
+    bp.add_url_rule("/end-session", "end_session", end_session.end_session, methods=["POST"])
 
     @bp.get("/jwks")
     def jwks() -> ResponseReturnValue:

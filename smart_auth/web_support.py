@@ -14,7 +14,7 @@ from fhirserver.config import Settings
 from fhirserver.extensions import db
 from smart_auth import accounts, clients
 from smart_auth.models import UserAccount
-from smart_auth.sessions import USER_KEY
+from smart_auth.sessions import LOGIN_KEY, USER_KEY, new_login_id
 
 PENDING_KEY = "authz"  # the pending authorization request (parameters and progress)
 MUST_CHANGE_KEY = "pw_change"
@@ -52,6 +52,7 @@ def sign_in(user: UserAccount) -> None:
     if pending:
         session[PENDING_KEY] = pending
     session[USER_KEY] = user.id
+    session[LOGIN_KEY] = new_login_id()
     session[AUTH_TIME_KEY] = int(time.time())
     if user.must_change_password:
         session[MUST_CHANGE_KEY] = True

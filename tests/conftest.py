@@ -31,6 +31,15 @@ from tests.support import (
 ARTIFACTS = Path(__file__).parent / "artifacts"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _wire_accounts() -> None:
+    """The tests are a composition root too: the FHIR core reaches accounts through this port."""
+    from fhirserver.core.ports import install_portal_accounts
+    from smart_auth import accounts
+
+    install_portal_accounts(accounts)
+
+
 @pytest.fixture(scope="session")
 def redis_db() -> int:
     """This run's Redis database number (random unless TEST_REDIS_DB); the browser stack uses the next one."""

@@ -10,13 +10,27 @@ from sqlalchemy.orm import Session
 from fhirserver.config import Settings
 from fhirserver.core.principal import Principal, system_principal
 from fhirserver.core.repository import Repository
-from smart_auth.scopes import ScopeSet
+from fhirserver.core.scopes import ScopeSet
 from tests.support import uid
 
 CATEGORY = {"coding": [{"system": "http://fhir-webmail.example/CodeSystem/communication-category",
                         "code": "webmail"}]}
 PATIENT_SCOPE = "launch/patient patient/Patient.rs patient/Practitioner.rs patient/Communication.cruds"
 PROVIDER_SCOPE = "user/Patient.cruds user/Practitioner.rs user/Organization.rs user/Communication.cruds"
+
+
+def token_for(app: Any, settings: Settings, user_id: str, scope: str, patient: str | None = None) -> str:
+    """A real access token of a grant of its own (as ``fhirserver token`` makes them)."""
+    from fhirserver.extensions import db
+    from smart_auth.accounts import get_user
+    from smart_auth.grants import issue_token
+
+    with app.app_context():
+        user = get_user(db.session, user_id)
+        token = issue_token(db.session, settings, user=user, client_id="tests", scope=scope, patient=patient)
+        db.session.commit()
+        db.session.remove()
+        return token
 
 
 def practitioner_json(family: str = "Okafor", given: str = "Ada") -> dict[str, Any]:
@@ -55,6 +69,14 @@ def message_json(sender: str, recipient: str, subject: str | None = None, *, top
         data["subject"] = {"reference": subject}
     data.update(extra)
     return data
+
+
+def make_patient(session: Session, settings: Settings, practitioner_ref: str, **extra: Any) -> str:
+    """A Patient of ``practitioner_ref`` with full demographics and no portal account yet; its id."""
+    repo = Repository(session, settings, system_principal("tests"))
+    stored = repo.create("Patient", patient_json([practitioner_ref], family=f"New{uid()}", **extra))
+    session.commit()
+    return stored.res_id
 
 
 @dataclass

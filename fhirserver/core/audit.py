@@ -167,11 +167,13 @@ def security_event(
     address: str | None = None,
     description: str = "",
     principal: Principal | None = None,
+    patient_ref: str | None = None,
 ) -> str:
-    """Record a login, logout, password change, token issue/refresh, consent or refused access.
+    """Record a login, logout, password change, token issue/refresh/revoke, consent or refused access.
 
     ``outcome`` is "0" (success), "4" (minor failure) or "8" (serious failure).
     ``description`` is a fixed phrase chosen by the caller: no usernames, no secrets.
+    ``patient_ref`` names the patient whose account or data the event concerns.
     """
     now = datetime.now(UTC)
     event: dict[str, Any] = {
@@ -186,4 +188,8 @@ def security_event(
     }
     if description:
         event["outcomeDesc"] = description
-    return _store(session, event, None)
+    if patient_ref:
+        event["entity"] = [{"what": {"reference": patient_ref},
+                            "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role",
+                                     "code": "1", "display": "Patient"}}]
+    return _store(session, event, patient_ref)

@@ -4,12 +4,15 @@ the search parameter registry, the operation registry and the served types.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fhirserver.config import Settings
-from fhirserver.core import interactions
-from fhirserver.core.repository import NON_DELETABLE, NON_UPDATABLE
-from fhirserver.core.validation import SERVED_TYPES
+from fhirserver.core.hooks import OPERATIONS
+from fhirserver.core.http import FhirResponse
+from fhirserver.core.resource_types import NON_DELETABLE, NON_UPDATABLE, SERVED_TYPES
+
+if TYPE_CHECKING:
+    from fhirserver.core.router import Call
 
 OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
 SOFTWARE_VERSION = "0.1.0"
@@ -37,9 +40,16 @@ def _search_params(res_type: str) -> list[dict[str, str]]:
 
 
 def _operations(res_type: str) -> list[dict[str, str]]:
-    names = sorted({name for (rtype, name, _level) in interactions.OPERATIONS if rtype == res_type})
-    return [{"name": n.lstrip("$"), "definition": f"http://fhir-webmail.example/OperationDefinition/"
-             f"{res_type}-{n.lstrip('$')}"} for n in names]
+    """Each operation with the scope it needs (SMART has no standard place for that: documentation)."""
+    found = sorted((name, op) for (rtype, name, _level), op in OPERATIONS.items() if rtype == res_type)
+    return [{"name": n.lstrip("$"),
+             "definition": f"http://fhir-webmail.example/OperationDefinition/{res_type}-{n.lstrip('$')}",
+             "documentation": op.scope_text(res_type)} for n, op in found]
+
+
+def capabilities(call: Call) -> FhirResponse:
+    """The ``GET metadata`` interaction."""
+    return FhirResponse.json(200, capability_statement(call.settings))
 
 
 def capability_statement(settings: Settings) -> dict[str, Any]:

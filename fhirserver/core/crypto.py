@@ -47,8 +47,16 @@ class KeyRing:
             raise FhirError(500, "exception", "A stored resource failed its integrity check") from exc
 
 
+def derive_key(secret: str, purpose: bytes) -> bytes:
+    """A 32-byte key for one purpose, derived from the app secret (HKDF-SHA256); never a data key."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose).derive(secret.encode())
+
+
 def seal(data: bytes, key: bytes, purpose: bytes) -> bytes:
-    """Encrypt a small token (search cursors) with a key derived for ``purpose``."""
+    """Encrypt a small token (search cursors, the pre-login cookie) with ``key``, bound to ``purpose``."""
     nonce = os.urandom(NONCE_BYTES)
     return nonce + AESGCM(key).encrypt(nonce, data, purpose)
 

@@ -7,26 +7,19 @@ without re-serialising the resources.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
+from fhirserver.core import access
 from fhirserver.core.errors import FhirError
+from fhirserver.core.hooks import ENTRY_DECORATORS, OPERATIONS
 from fhirserver.core.http import FhirResponse
 from fhirserver.core.instants import instant
+from fhirserver.core.stored import Stored
 
 if TYPE_CHECKING:
-    from fhirserver.core.repository import Stored
     from fhirserver.core.router import Call
-
-# (resource type, "$name", "type" | "instance") -> handler; filled by the modules that define operations.
-OPERATIONS: dict[tuple[str, str, str], Callable[[Call], FhirResponse]] = {}
-# res_type -> function(call, ids) -> {id: entry extension JSON}; decorates search entries.
-ENTRY_DECORATORS: dict[str, Callable[[Call, list[str]], dict[str, list[dict[str, Any]]]]] = {}
-
-
-def register_operation(res_type: str, name: str, level: str, fn: Callable[[Call], FhirResponse]) -> None:
-    OPERATIONS[(res_type, name, level)] = fn
 
 
 def _resource_headers(call: Call, stored: Stored) -> dict[str, str]:
@@ -51,12 +44,6 @@ def patient_ref_of(res_type: str, res_id: str, data: dict[str, Any] | None) -> s
 def _note_patient(call: Call, stored: Stored) -> None:
     data = stored.json() if stored.res_type == "Communication" else None
     call.patient_ref = patient_ref_of(stored.res_type, stored.res_id, data)
-
-
-def capabilities(call: Call) -> FhirResponse:
-    from fhirserver.core.capability import capability_statement
-
-    return FhirResponse.json(200, capability_statement(call.settings))
 
 
 def read(call: Call) -> FhirResponse:
@@ -173,15 +160,20 @@ def search(call: Call) -> FhirResponse:
 
 
 def _operation(call: Call, level: str) -> FhirResponse:
-    key = (call.params["type"], call.params["op"], level)
-    fn = OPERATIONS.get(key)
-    if fn is None:
+    res_type, name = call.params["type"], call.params["op"]
+    op = OPERATIONS.get((res_type, name, level))
+    if op is None:
         # Only an operation this server defines is named back; anything else is the client's text.
-        known = any(name == call.params["op"] for _, name, _ in OPERATIONS)
-        what = f"Operation {call.params['op']}" if known else "This operation"
+        known = any(n == name for _, n, _ in OPERATIONS)
+        what = f"Operation {name}" if known else "This operation"
         raise FhirError(404, "not-supported", f"{what} is not supported on this path")
-    call.operation = call.params["op"]
-    return fn(call)
+    call.operation = name
+    if call.request.method not in op.methods:
+        verb = "changes state: use POST" if op.methods == ("POST",) else f"takes {' or '.join(op.methods)}"
+        raise FhirError(405, "not-supported", f"{name} {verb}")
+    # Every operation declares the permission it needs on its type; checked before it runs.
+    access.check_interaction(call.principal, res_type, op.permission)
+    return op.handler(call)
 
 
 def type_operation(call: Call) -> FhirResponse:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from smart_auth.scopes import ScopeSet
+from fhirserver.core.scopes import ScopeSet
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,6 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -24,60 +21,15 @@ from fhirserver.config import Settings
 from fhirserver.core import access
 from fhirserver.core.crypto import ENCRYPTED_TYPES, KeyRing
 from fhirserver.core.errors import FhirError, not_found
+from fhirserver.core.hooks import AFTER_WRITE, BEFORE_WRITE, WriteContext, WriteRule
 from fhirserver.core.instants import instant, now_utc
 from fhirserver.core.principal import Principal
+from fhirserver.core.resource_types import NON_DELETABLE, NON_UPDATABLE
+from fhirserver.core.stored import Stored
 from fhirserver.core.validation import check_id, check_type, parse_json, validate_resource
 from fhirserver.models import ResourceRow, ResourceVersionRow
 
-NON_DELETABLE = {"Communication": "A sent message cannot be deleted (retraction comes later)"}
-NON_UPDATABLE = {"Communication": "A sent message cannot be changed"}
-
-
-@dataclass(frozen=True)
-class Stored:
-    res_type: str
-    res_id: str
-    version_id: int
-    last_updated: datetime
-    raw: bytes
-    deleted: bool = False
-
-    def json(self) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads(self.raw)
-        return data
-
-    @property
-    def etag(self) -> str:
-        return f'W/"{self.version_id}"'
-
-
-@dataclass
-class WriteContext:
-    """What a type's write rules see: they may change ``data`` and raise FhirError."""
-
-    session: Session
-    settings: Settings
-    principal: Principal
-    res_type: str
-    res_id: str
-    data: dict[str, Any]
-    old: dict[str, Any] | None
-    read_any: Callable[[str, str], dict[str, Any] | None]
-    stored: Stored | None = None
-    info: dict[str, Any] = field(default_factory=dict)
-
-
-WriteRule = Callable[[WriteContext], None]
-# res_type -> (before the write, after the write); filled by fhirserver.rules.
-BEFORE_WRITE: dict[str, list[WriteRule]] = {}
-AFTER_WRITE: dict[str, list[WriteRule]] = {}
-
-
-def register_rules(res_type: str, before: WriteRule | None = None, after: WriteRule | None = None) -> None:
-    if before and before not in BEFORE_WRITE.setdefault(res_type, []):
-        BEFORE_WRITE[res_type].append(before)
-    if after and after not in AFTER_WRITE.setdefault(res_type, []):
-        AFTER_WRITE[res_type].append(after)
+__all__ = ["NON_DELETABLE", "NON_UPDATABLE", "Repository", "Stored", "WriteContext"]
 
 
 def dumps(data: dict[str, Any]) -> bytes:
@@ -104,7 +56,8 @@ class Repository:
         self.principal = principal
         self.keys = KeyRing(settings.encryption_keys, settings.active_key_id)
         # The domain rules (WebMail) always run: every process that writes comes through here.
-        # Imported here, not at module level, because the rules themselves import this module.
+        # Loaded on first use rather than at import, so that importing the core stays cheap;
+        # the rules import only fhirserver.core.hooks, never this module (no cycle).
         import fhirserver.rules  # noqa: F401
 
     # -- reading -----------------------------------------------------------------------
@@ -291,9 +244,6 @@ class Repository:
 
 def cursor_key(settings: Settings) -> bytes:
     """A key for search cursors, derived from the app secret (never the data keys)."""
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+    from fhirserver.core.crypto import derive_key
 
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"fhirserver search cursor").derive(
-        settings.secret_key.encode()
-    )
+    return derive_key(settings.secret_key, b"fhirserver search cursor")

@@ -17,11 +17,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from fhirserver.config import Settings
-from fhirserver.core import audit, interactions
+from fhirserver.core import audit, capability, interactions
 from fhirserver.core.errors import FhirError
 from fhirserver.core.http import FhirRequest, FhirResponse
 from fhirserver.core.principal import Principal
 from fhirserver.core.repository import Repository
+from fhirserver.core.scopes import ScopeSet
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ Handler = Callable[[Call], FhirResponse]
 
 # (method, pattern, interaction name, handler). Order matters: literals before :id.
 ROUTES: list[tuple[str, str, str, Handler]] = [
-    ("GET", "metadata", "capabilities", interactions.capabilities),
+    ("GET", "metadata", "capabilities", capability.capabilities),
     ("GET", ":type", "search-type", interactions.search),
     ("POST", ":type/_search", "search-type", interactions.search),
     ("POST", ":type", "create", interactions.create),
@@ -135,8 +136,6 @@ def dispatch(req: FhirRequest, session: Session, settings: Settings, principal: 
 
 
 def _anonymous() -> Principal:
-    from smart_auth.scopes import ScopeSet
-
     return Principal(role="anonymous", scopes=ScopeSet.parse(""))
 
 

@@ -19,9 +19,8 @@ from fhir.resources.R4B import get_fhir_model_class
 from fhir_core.fhirabstractmodel import FHIRAbstractModel
 
 from fhirserver.core.errors import FhirError, Issue
+from fhirserver.core.resource_types import SERVED_TYPES
 
-# The resource types this server serves (present in both R4 and R4B).
-SERVED_TYPES = ("Patient", "Practitioner", "Organization", "Communication", "AuditEvent")
 ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 # Element names we may repeat in an expression: anything else (an unknown key that is not
 # name-shaped) is shown as "(unknown)", so a diagnostic never carries arbitrary input.

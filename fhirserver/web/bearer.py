@@ -1,13 +1,19 @@
-"""From an ``Authorization: Bearer`` header to a Principal (or a 401 with WWW-Authenticate)."""
+"""From an ``Authorization: Bearer`` header to a Principal (or a 401 with WWW-Authenticate).
+
+The token itself is checked by the TokenAuthority the app factory wired in
+(``fhirserver.core.ports``): signature, claims, and that its grant is still live.
+"""
 
 from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from fhirserver.config import Settings
 from fhirserver.core.errors import FhirError
+from fhirserver.core.ports import TokenAuthority, TokenRejected
 from fhirserver.core.principal import Principal
-from smart_auth.scopes import ScopeSet
+from fhirserver.core.scopes import ScopeSet
+
+MAX_HEADER = 8192
 
 
 def unauthorized(error: str | None = None) -> FhirError:
@@ -20,33 +26,27 @@ def unauthorized(error: str | None = None) -> FhirError:
 
 
 def principal_from_header(
-    header: str | None, session: Session, settings: Settings, address: str | None, request_id: str
+    header: str | None, session: Session, tokens: TokenAuthority, address: str | None, request_id: str
 ) -> Principal:
-    from smart_auth.accounts import staff_providers
-    from smart_auth.tokens import InvalidToken, verify_access_token
-
     if not header:
         raise unauthorized()
     scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    if scheme.lower() != "bearer" or not token.strip() or len(header) > MAX_HEADER:
         raise unauthorized("invalid_request")
     try:
-        claims = verify_access_token(token.strip(), settings)
-    except InvalidToken as exc:
+        identity = tokens.authenticate(session, token.strip())
+    except TokenRejected as exc:
         raise unauthorized("invalid_token") from exc
-    role = str(claims.get("role", ""))
+    claims = identity.claims
     user_id = claims.get("sub")
-    staff_of: tuple[str, ...] = ()
-    if role == "staff" and user_id:
-        staff_of = tuple(staff_providers(session, str(user_id)))
     return Principal(
-        role=role,
+        role=str(claims.get("role", "")),
         scopes=ScopeSet.parse(str(claims.get("scope", ""))),
         user_id=str(user_id) if user_id else None,
         fhir_user=claims.get("fhirUser"),
         client_id=claims.get("client_id"),
         patient=claims.get("patient"),
-        staff_of=staff_of,
+        staff_of=identity.staff_of,
         address=address,
         request_id=request_id,
         token_jti=claims.get("jti"),

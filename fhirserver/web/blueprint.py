@@ -2,6 +2,13 @@
 
 All FHIR logic lives in fhirserver.core; this module only reads the HTTP request,
 authenticates the bearer token, calls ``dispatch`` and writes the HTTP response.
+
+Every response under /fhir is an OperationOutcome on error, whichever layer produced
+it: the router's FhirErrors, Werkzeug's routing errors (a method no route takes, a
+path no route matches) and unexpected exceptions (``install_fhir_error_pages``), and
+gunicorn's own refusals (``fhirserver.gunicorn_worker``). The token is checked first:
+without a valid one the answer is 401, before any format check (406, 415) or routing
+detail could say anything about the request.
 """
 
 from __future__ import annotations
@@ -11,12 +18,14 @@ import re
 import uuid
 from urllib.parse import unquote_to_bytes
 
-from flask import Blueprint, Response, current_app, request
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from flask import Blueprint, Flask, Response, current_app, request
+from werkzeug.exceptions import HTTPException, InternalServerError, RequestEntityTooLarge
+from werkzeug.routing import BaseConverter
 
 from fhirserver.core import audit
 from fhirserver.core.errors import FhirError
 from fhirserver.core.http import FhirRequest, FhirResponse
+from fhirserver.core.ports import TokenAuthority
 from fhirserver.core.router import dispatch, error_response, match
 from fhirserver.extensions import db
 from fhirserver.web.bearer import principal_from_header
@@ -57,18 +66,44 @@ def _check_format() -> None:
             raise FhirError(415, "not-supported", "Send FHIR resources in UTF-8 (charset=utf-8)")
 
 
-def create_fhir_blueprint() -> Blueprint:
+class AnyPathConverter(BaseConverter):
+    """Like ``path``, but also matches line breaks (Werkzeug's ``.`` does not), so that an id
+    with CR/LF reaches our error path instead of Werkzeug's HTML 404."""
+
+    regex = r"[^/][\s\S]*?"
+    part_isolating = False
+
+
+METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH"]
+
+
+def create_fhir_blueprint(tokens: TokenAuthority) -> Blueprint:
+    """The /fhir blueprint; ``tokens`` verifies bearer tokens and checks their grants."""
     bp = Blueprint("fhir", __name__)
 
-    @bp.route("/", defaults={"path": ""}, methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
-    @bp.route("/<path:path>", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
+    @bp.record_once
+    def _converter(state: object) -> None:
+        state.app.url_map.converters["anypath"] = AnyPathConverter  # type: ignore[attr-defined]
+
+    @bp.route("/", defaults={"path": ""}, methods=METHODS)
+    @bp.route("/<anypath:path>", methods=METHODS)
     def fhir(path: str) -> Response:
         settings = current_app.extensions["fhirserver.settings"]
         rid = request.headers.get("X-Request-Id", "")
         request_id = rid if REQUEST_ID.match(rid) else uuid.uuid4().hex
         session = db.session()
         try:
-            match(request.method, path)  # a method the path does not take is a 405 before anything else
+            principal = None
+            if not (request.method == "GET" and path.strip("/") == "metadata"):
+                try:
+                    principal = principal_from_header(
+                        request.headers.get("Authorization"), session, tokens, request.remote_addr, request_id
+                    )
+                except FhirError as exc:
+                    if exc.status == 401:
+                        _audit_refused(request.remote_addr, request.headers.get("Authorization") is not None)
+                    raise
+            match(request.method, path)  # a method the path does not take: 405 before the format checks
             _check_format()
             body = request.get_data(cache=False) if request.method in ("POST", "PUT", "PATCH") else b""
             req = FhirRequest(
@@ -79,16 +114,6 @@ def create_fhir_blueprint() -> Blueprint:
                 headers={k.lower(): v for k, v in request.headers.items()},
                 base_url=settings.fhir_base,
             )
-            principal = None
-            if not (request.method == "GET" and path.strip("/") == "metadata"):
-                try:
-                    principal = principal_from_header(
-                        request.headers.get("Authorization"), session, settings, request.remote_addr, request_id
-                    )
-                except FhirError as exc:
-                    if exc.status == 401:
-                        _audit_refused(request.remote_addr, request.headers.get("Authorization") is not None)
-                    raise
             resp = dispatch(req, session, settings, principal)
         except RequestEntityTooLarge:
             resp = error_response(FhirError(413, "too-costly", "The request body is too large"))
@@ -96,14 +121,42 @@ def create_fhir_blueprint() -> Blueprint:
             resp = error_response(exc)
         return _to_flask(resp, request_id)
 
-    @bp.errorhandler(HTTPException)
-    def http_error(exc: HTTPException) -> Response:
-        code = exc.code or 500
-        issue = "too-costly" if code == 413 else "not-supported" if code in (405, 415) else "invalid"
-        err = FhirError(code, issue, exc.description or exc.name)
-        return _to_flask(error_response(err), uuid.uuid4().hex)
-
     return bp
+
+
+def _outcome_for(exc: HTTPException) -> Response:
+    code = exc.code or 500
+    issue = ("too-costly" if code in (413, 414, 431) else "not-supported" if code in (405, 415)
+             else "not-found" if code == 404 else "exception" if code >= 500 else "invalid")
+    # Werkzeug's descriptions are fixed texts; they never quote the request.
+    err = FhirError(code, issue, exc.name if code >= 500 else (exc.description or exc.name))
+    response = _to_flask(error_response(err), uuid.uuid4().hex)
+    for name, value in exc.get_headers():
+        if name.lower() == "allow":  # a 405 says which methods the path takes
+            response.headers["Allow"] = value
+    return response
+
+
+def _under_fhir() -> bool:
+    return request.path == "/fhir" or request.path.startswith("/fhir/")
+
+
+def install_fhir_error_pages(app: Flask) -> None:
+    """Errors raised outside the FHIR view (routing, unexpected exceptions) under /fhir are
+    OperationOutcomes too; everywhere else Flask's own pages stay."""
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Response | HTTPException:
+        return _outcome_for(exc) if _under_fhir() else exc
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response | HTTPException:
+        # The class name only: an exception's text may quote request data.
+        log.error("unexpected %s on %s %s", type(exc).__name__, request.method, request.endpoint)
+        if _under_fhir():
+            db.session.rollback()
+            return _outcome_for(InternalServerError())
+        return InternalServerError()
 
 
 def _audit_refused(address: str | None, had_token: bool) -> None:

@@ -1,7 +1,9 @@
 """The WebMail rules, run by the repository inside the write transaction.
 
 A rule violation is a 422 OperationOutcome that says what is wrong; a forged
-sender or subject is a 403. The rules also stamp what the server owns: ``status``,
+sender or subject is a 403. A patient outside the sender's care is answered exactly like
+a patient that does not exist (422 "unknown patient"), so that sending reveals nothing
+about records the sender may not see. The rules also stamp what the server owns: ``status``,
 ``sent``, the WebMail category and the thread links of a reply.
 """
 
@@ -10,9 +12,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from fhirserver.core import ports
 from fhirserver.core.errors import FhirError, Issue, business_rule, forbidden
+from fhirserver.core.hooks import WriteContext
 from fhirserver.core.instants import instant
-from fhirserver.core.repository import WriteContext
 from fhirserver.webmail import profile
 from fhirserver.webmail.profile import refs, split_ref
 
@@ -47,11 +50,14 @@ def _sender(ctx: WriteContext) -> str:
     return sender
 
 
+UNKNOWN_PATIENT = "The message refers to an unknown patient"
+
+
 def _patient(ctx: WriteContext, ref: str, expression: str) -> dict[str, Any]:
     rtype, rid = split_ref(ref)
     patient = ctx.read_any(rtype, rid) if rtype == "Patient" and rid else None
     if patient is None:
-        raise business_rule("The message refers to an unknown patient", [expression])
+        raise business_rule(UNKNOWN_PATIENT, [expression])
     return patient
 
 
@@ -84,7 +90,8 @@ def _from_practitioner(ctx: WriteContext, sender: str, recipients: list[str]) ->
     for ref in subjects:
         patient = _patient(ctx, ref, "Communication.subject")
         if not ctx.principal.is_system and sender not in refs(patient, "generalPractitioner"):
-            raise forbidden("The sender is not one of this patient's primary providers")
+            # Not this provider's patient: the same answer as a patient that does not exist.
+            raise business_rule(UNKNOWN_PATIENT, ["Communication.subject"])
     for ref in patients:
         _check_reachable(ctx, ref)
     for ref in recipients:
@@ -94,14 +101,12 @@ def _from_practitioner(ctx: WriteContext, sender: str, recipients: list[str]) ->
 
 def _check_reachable(ctx: WriteContext, ref: str) -> None:
     """A provider writes to a patient only if the patient has an email and portal access."""
-    from smart_auth.accounts import has_portal_access
-
     patient = _patient(ctx, ref, "Communication.recipient")
     missing = []
     if not profile.telecom(patient, "email"):
         missing.append(Issue("business-rule", "The patient has no email address",
                              ["Patient.telecom.where(system='email')"]))
-    if not has_portal_access(ctx.session, split_ref(ref)[1]):
+    if ports.portal_accounts().portal_state(ctx.session, split_ref(ref)[1]) != ports.PORTAL_ACTIVE:
         missing.append(Issue("business-rule", "The patient has no portal access", ["Patient"]))
     if missing:
         raise FhirError(422, "business-rule", missing[0].diagnostics, issues=missing)

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import re
-from datetime import timedelta
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import select
 
+from fhirserver.core.ports import PORTAL_ACTIVE, PORTAL_DISABLED, PORTAL_NONE, PortalStateError
 from fhirserver.models import ResourceRow
 from smart_auth import accounts, passwords
-from smart_auth.accounts import AccountError, LoginThrottled
-from smart_auth.hashing import utcnow
+from smart_auth.accounts import AccountError
 from smart_auth.models import LoginThrottle, UserAccount
 from tests.auth.support import PASSWORD, make_user, random_address
 from tests.support import uid
@@ -69,36 +68,57 @@ def test_staff_providers_and_users_for(db_session, settings) -> None:
     assert accounts.get_user(db_session, "nope") is None
 
 
-def test_grant_portal_access_creates_then_resets(db_session, settings) -> None:
+def test_portal_account_states_none_active_disabled(db_session, settings) -> None:
+    """Defect 1 at the account level: granting again is refused, resetting is its own step."""
     pid = f"pat{uid()}"
-    assert not accounts.has_portal_access(db_session, pid)
-    username, otp = accounts.grant_portal_access(db_session, settings, patient_id=pid, first_name="Zoë-Ann")
+    assert accounts.portal_state(db_session, pid) == PORTAL_NONE
+    with pytest.raises(PortalStateError) as none:
+        accounts.reset_portal_password(db_session, settings, patient_id=pid)
+    assert none.value.state == PORTAL_NONE
+    creds = accounts.grant_portal_access(db_session, settings, patient_id=pid, first_name="Zoë-Ann")
     db_session.commit()
-    assert re.fullmatch(r"zoeann\d{4,}", username), username
-    assert len(otp) == 10 and not set(otp) & set("0O1lI")
-    assert accounts.has_portal_access(db_session, pid)
+    assert re.fullmatch(r"zoeann\d{4,}", creds.username), creds.username
+    assert len(creds.password) == 10 and not set(creds.password) & set("0O1lI")
+    assert accounts.portal_state(db_session, pid) == PORTAL_ACTIVE
     (user,) = accounts.users_for(db_session, f"Patient/{pid}")
-    assert user.username == username and user.role == "patient" and user.must_change_password and user.active
-    assert otp not in user.password_hash
-    assert accounts.authenticate(db_session, settings, username, otp, random_address()) is not None
+    assert user.id == creds.user_id and user.username == creds.username and user.role == "patient"
+    assert user.must_change_password and user.active and creds.password not in user.password_hash
+    assert accounts.authenticate(db_session, settings, creds.username, creds.password, random_address())
 
-    # A reset keeps the username, changes the password and asks for a change again.
-    user.must_change_password = False
-    user.active = False
+    # The patient chose a password: granting again must not replace it.
+    accounts.set_password(db_session, settings, user, "my own calm river")
     db_session.commit()
-    again, otp2 = accounts.grant_portal_access(db_session, settings, patient_id=pid, first_name="Zoë-Ann")
+    with pytest.raises(PortalStateError) as active:
+        accounts.grant_portal_access(db_session, settings, patient_id=pid, first_name="Zoë-Ann")
+    assert active.value.state == PORTAL_ACTIVE
+    assert accounts.authenticate(db_session, settings, creds.username, "my own calm river", random_address())
+
+    # A reset keeps the username, sets a new one-time password and asks for a change again.
+    reset = accounts.reset_portal_password(db_session, settings, patient_id=pid)
     db_session.commit()
-    assert again == username and otp2 != otp
+    assert reset.username == creds.username and reset.password != creds.password
     db_session.refresh(user)
     assert user.must_change_password and user.active
-    assert accounts.authenticate(db_session, settings, username, otp, random_address()) is None
-    assert accounts.authenticate(db_session, settings, username, otp2, random_address()) is not None
+    assert accounts.authenticate(db_session, settings, creds.username, "my own calm river", random_address()) is None
+    assert accounts.authenticate(db_session, settings, creds.username, reset.password, random_address())
+
+    accounts.set_active(db_session, user, False)
+    db_session.commit()
+    assert accounts.portal_state(db_session, pid) == PORTAL_DISABLED
+    for call in (accounts.grant_portal_access, accounts.reset_portal_password):
+        kwargs = {"first_name": "Zoë-Ann"} if call is accounts.grant_portal_access else {}
+        with pytest.raises(PortalStateError) as disabled:
+            call(db_session, settings, patient_id=pid, **kwargs)
+        assert disabled.value.state == PORTAL_DISABLED
+    accounts.set_active(db_session, user, True)
+    assert accounts.portal_state(db_session, pid) == PORTAL_ACTIVE
     assert len(accounts.users_for(db_session, f"Patient/{pid}")) == 1
+    db_session.rollback()
 
 
 def test_grant_portal_access_fallback_name_and_bad_id(db_session, settings) -> None:
-    username, _ = accounts.grant_portal_access(db_session, settings, patient_id=f"p{uid()}", first_name="李")
-    assert re.fullmatch(r"patient\d{4,}", username)
+    creds = accounts.grant_portal_access(db_session, settings, patient_id=f"p{uid()}", first_name="李")
+    assert re.fullmatch(r"patient\d{4,}", creds.username)
     with pytest.raises(AccountError):
         accounts.grant_portal_access(db_session, settings, patient_id="../etc", first_name="Ann")
     db_session.rollback()
@@ -113,39 +133,6 @@ def test_authenticate_success_failure_and_same_outcome_for_unknown_user(db_sessi
     user.active = False
     db_session.commit()
     assert accounts.authenticate(db_session, settings, user.username, PASSWORD, addr) is None
-
-
-def test_account_throttle_then_window_expiry(db_session, settings) -> None:
-    strict = settings.with_(login_max_failures_account=3, login_max_failures_address=1000)
-    user = make_user(db_session, strict)
-    for _ in range(3):
-        assert accounts.authenticate(db_session, strict, user.username, "not the password", random_address()) is None
-    db_session.commit()
-    # Even the right password is refused now, from any address, with a distinct outcome.
-    with pytest.raises(LoginThrottled):
-        accounts.authenticate(db_session, strict, user.username, PASSWORD, random_address())
-    # Unknown usernames are throttled the same way (the throttle tells nothing).
-    ghost = f"ghost{uid()}"
-    for _ in range(3):
-        accounts.authenticate(db_session, strict, ghost, "not the password", random_address())
-    with pytest.raises(LoginThrottled):
-        accounts.authenticate(db_session, strict, ghost, "not the password", random_address())
-    # When the window has passed, the account may try again.
-    db_session.execute(update(LoginThrottle).values(window_start=utcnow() - timedelta(seconds=901)))
-    db_session.commit()
-    assert accounts.authenticate(db_session, strict, user.username, PASSWORD, random_address()).id == user.id
-
-
-def test_address_throttle(db_session, settings) -> None:
-    strict = settings.with_(login_max_failures_account=1000, login_max_failures_address=4)
-    addr = random_address()
-    for _ in range(4):
-        accounts.authenticate(db_session, strict, f"ghost{uid()}", "not the password", addr)
-    db_session.commit()
-    user = make_user(db_session, strict)
-    with pytest.raises(LoginThrottled):
-        accounts.authenticate(db_session, strict, user.username, PASSWORD, addr)
-    assert accounts.authenticate(db_session, strict, user.username, PASSWORD, random_address()) is not None
 
 
 def test_throttle_keys_hold_no_usernames_or_addresses(db_session, settings) -> None:

@@ -7,7 +7,7 @@ import pytest
 from fhirserver.core.access import check_interaction
 from fhirserver.core.errors import FhirError
 from fhirserver.core.principal import Principal
-from smart_auth.scopes import ScopeSet
+from fhirserver.core.scopes import ScopeSet
 
 
 def perms(scope: str, res_type: str = "Communication", context: str = "patient") -> str:

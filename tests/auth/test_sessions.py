@@ -8,6 +8,7 @@ from sqlalchemy import select, update
 
 from smart_auth.hashing import sha256_hex, utcnow
 from smart_auth.models import WebSession
+from smart_auth.sessions import PRE_COOKIE_NAME as PRE_COOKIE
 from tests.auth.support import COOKIE, build_app, csrf_from, login, make_user, new_web_client
 
 
@@ -25,13 +26,18 @@ def _row(db_session, value):
     return out
 
 
-def test_cookie_flags_and_only_a_hash_in_the_table(app, db_session) -> None:
+def _set_cookie(response, name):
+    return next(h for h in response.headers.getlist("Set-Cookie") if h.startswith(name + "="))
+
+
+def test_cookie_flags_and_only_a_hash_in_the_table(app, db_session, settings) -> None:
+    user = make_user(db_session, settings)
     web = new_web_client(app)
-    r = web.get("/auth/login")
-    header = r.headers["Set-Cookie"]
-    assert header.startswith(COOKIE + "=")
+    pre = _set_cookie(web.get("/auth/login"), PRE_COOKIE)
+    r = login(web, user.username)
+    header = _set_cookie(r, COOKIE)
     for flag in ("HttpOnly", "Path=/auth", "SameSite=Lax"):
-        assert flag in header
+        assert flag in header and flag in pre
     assert "Secure" not in header  # base_url is http in tests (see the https test below)
     value = _cookie(web)
     assert len(value) >= 43  # 256 bits, URL-safe base64
@@ -56,13 +62,61 @@ def test_login_issues_a_new_session_id(app, db_session, settings) -> None:
     user = make_user(db_session, settings)
     web = new_web_client(app)
     web.get("/auth/login")
-    before = _cookie(web)
+    before = web.get_cookie(PRE_COOKIE, path="/auth").value  # the anonymous session, sealed
     login(web, user.username)
     after = _cookie(web)
     assert before and after and before != after
+    assert web.get_cookie(PRE_COOKIE, path="/auth") is None
     assert _row(db_session, before) is None
     row = _row(db_session, after)
     assert row is not None and row["user_id"] == user.id
+
+
+def test_a_planted_session_cookie_is_not_adopted_at_login(app, db_session, settings) -> None:
+    """Session fixation: a cookie value chosen by someone else never becomes a signed-in session."""
+    user = make_user(db_session, settings)
+    web = new_web_client(app)
+    planted = "x" * 43
+    web.set_cookie(COOKIE, planted, path="/auth")
+    login(web, user.username)
+    assert _cookie(web) != planted and _row(db_session, planted) is None
+
+
+def test_anonymous_pages_write_no_session_rows(app, db_session, settings) -> None:
+    """Defect 9: twenty anonymous GETs of the login and authorize pages leave no row behind."""
+    from tests.auth.support import authorize_params, make_client, pkce_pair
+
+    registered = make_client(db_session)
+    count = len(db_session.execute(select(WebSession.id_hash)).all())
+    db_session.rollback()
+    params = authorize_params(settings, registered, "launch/patient patient/*.rs", pkce_pair()[1])
+    for n in range(10):
+        new_web_client(app).get("/auth/login")
+        r = new_web_client(app).get("/auth/authorize", query_string=params)
+        assert r.status_code in (302, 303), n
+    db_session.expire_all()
+    assert len(db_session.execute(select(WebSession.id_hash)).all()) == count
+
+
+def test_the_pending_request_rides_in_a_sealed_cookie_until_sign_in(app, db_session, settings) -> None:
+    from tests.auth.support import authorize_params, make_client, pkce_pair
+
+    user = make_user(db_session, settings)
+    registered = make_client(db_session)
+    web = new_web_client(app)
+    params = authorize_params(settings, registered, "launch/patient patient/*.rs", pkce_pair()[1],
+                              state="visible-state-value")
+    web.get("/auth/authorize", query_string=params)
+    sealed = web.get_cookie(PRE_COOKIE, path="/auth").value
+    for secret in ("visible-state-value", registered.client_id, registered.redirect_uri):
+        assert secret not in sealed  # encrypted, not merely signed
+    tampered = sealed[:-4] + ("AAAA" if not sealed.endswith("AAAA") else "BBBB")
+    other = new_web_client(app)
+    other.set_cookie(PRE_COOKIE, tampered, path="/auth")
+    assert b"No sign-in in progress" in other.get("/auth/authorize/continue").data
+    r = login(web, user.username)
+    assert r.headers["Location"].endswith("/auth/authorize/continue")
+    assert any(h.startswith(PRE_COOKIE + "=;") for h in r.headers.getlist("Set-Cookie"))  # deleted at sign-in
 
 
 def test_idle_expiry_signs_out(app, db_session, settings) -> None:

@@ -9,19 +9,10 @@ from sqlalchemy import select
 
 from fhirserver.extensions import db
 from fhirserver.models import ResourceRow
-from tests.factories import PATIENT_SCOPE, PROVIDER_SCOPE, make_practice, message_json, patient_json
+from tests.factories import PATIENT_SCOPE, PROVIDER_SCOPE, make_practice, message_json, patient_json, token_for
 from tests.support import uid
 
 FHIR = "application/fhir+json"
-
-
-def token_for(app, settings, user_id: str, scope: str, patient: str | None = None) -> str:
-    from smart_auth.accounts import get_user
-    from smart_auth.tokens import issue_access_token
-
-    with app.app_context():
-        user = get_user(db.session, user_id)
-        return issue_access_token(settings, user=user, client_id="tests", scope=scope, patient=patient)
 
 
 @pytest.fixture()

@@ -31,8 +31,7 @@ from fhirserver.core.router import ROUTES
 from fhirserver.extensions import db
 from fhirserver.models import OutboxRow, ReadState, ResourceRow, ResourceVersionRow
 from smart_auth.models import UserAccount
-from tests.factories import PATIENT_SCOPE, PROVIDER_SCOPE, make_practice, message_json, patient_json
-from tests.fhir.test_api import token_for
+from tests.factories import PATIENT_SCOPE, PROVIDER_SCOPE, make_practice, message_json, patient_json, token_for
 from tests.support import uid
 
 SENTINEL = "Qz7!sentinel"

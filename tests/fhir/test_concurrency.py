@@ -9,8 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 import requests
 
 from fhirserver.extensions import db
-from tests.factories import PATIENT_SCOPE, PROVIDER_SCOPE, make_practice, message_json
-from tests.fhir.test_api import FHIR, token_for
+from tests.factories import PATIENT_SCOPE, PROVIDER_SCOPE, make_practice, message_json, token_for
+from tests.fhir.test_api import FHIR
 
 
 def test_parallel_sends_reads_and_counts(app, live_server, settings):

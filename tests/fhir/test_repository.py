@@ -8,8 +8,8 @@ from sqlalchemy import select
 from fhirserver.core.errors import FhirError
 from fhirserver.core.principal import Principal, system_principal
 from fhirserver.core.repository import Repository
+from fhirserver.core.scopes import ScopeSet
 from fhirserver.models import IdxReference, IdxString, ResourceRow, ResourceVersionRow
-from smart_auth.scopes import ScopeSet
 from tests.factories import make_practice, message_json, patient_json, practitioner_json
 from tests.support import uid
 

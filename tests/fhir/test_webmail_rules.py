@@ -16,7 +16,7 @@ from tests.support import uid
 
 def _outbox_count(session, comm_id: str) -> int:
     return session.execute(select(func.count()).select_from(OutboxRow).where(
-        OutboxRow.communication_id == comm_id)).scalar_one()
+        OutboxRow.subject_id == comm_id)).scalar_one()
 
 
 def test_provider_to_patient_stamps_and_queues_one_notification(db_session, settings):
@@ -28,7 +28,7 @@ def test_provider_to_patient_stamps_and_queues_one_notification(db_session, sett
     assert data["status"] == "completed" and data["sent"]
     assert data["subject"] == {"reference": p.patient_ref}
     db_session.commit()
-    rows = db_session.execute(select(OutboxRow).where(OutboxRow.communication_id == stored.res_id)).scalars().all()
+    rows = db_session.execute(select(OutboxRow).where(OutboxRow.subject_id == stored.res_id)).scalars().all()
     assert [(r.recipient_ref, r.status) for r in rows] == [(p.patient_ref, "pending")]
     assert rows[0].message_id.startswith("<webmail-")
 
@@ -90,12 +90,17 @@ def test_patient_writes_only_to_primary_provider(db_session, settings):
 
 
 def test_provider_must_be_primary_provider(db_session, settings):
+    """Defect 12: another provider's patient is answered exactly like a patient that does not exist."""
     a = make_practice(db_session, settings)
     b = make_practice(db_session, settings)
-    with pytest.raises(FhirError) as exc:
-        Repository(db_session, settings, a.provider).create(
-            "Communication", message_json(a.practitioner_ref, b.patient_ref))
-    assert exc.value.status == 403
+    answers = []
+    for target in (b.patient_ref, f"Patient/nobody{uid()}"):
+        with pytest.raises(FhirError) as exc:
+            Repository(db_session, settings, a.provider).create(
+                "Communication", message_json(a.practitioner_ref, target))
+        db_session.rollback()
+        answers.append((exc.value.status, exc.value.to_operation_outcome()))
+    assert answers[0] == answers[1] and answers[0][0] == 422
 
 
 def test_patient_without_email_or_portal_access_is_named(db_session, settings):

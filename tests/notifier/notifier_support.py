@@ -70,7 +70,7 @@ def add_outbox(session: Session, settings: Settings, patient_id: str, *, comm_id
     """Insert a pending outbox row as the WebMail writer does (flushed, id listed in session.info)."""
     comm_id = comm_id or f"{SENTINEL.lower()}-comm-{uid()}"
     ref = f"Patient/{patient_id}"
-    row = OutboxRow(kind=NOTIFY_KIND, communication_id=comm_id, recipient_ref=ref, status="pending",
+    row = OutboxRow(kind=NOTIFY_KIND, subject_id=comm_id, recipient_ref=ref, status="pending",
                     attempts=0, created_at=created_at or datetime.now(UTC),
                     message_id=message_id_for(comm_id, ref, settings.mail_from, secret=settings.secret_key)
                     if message_id is None else message_id)

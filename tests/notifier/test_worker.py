@@ -238,7 +238,7 @@ def test_webmail_to_patient_end_to_end(cfg: Settings, maker: sessionmaker[Sessio
 
             from fhirserver.models import OutboxRow
 
-            [row] = session.execute(select(OutboxRow).where(OutboxRow.communication_id == comm)).scalars()
+            [row] = session.execute(select(OutboxRow).where(OutboxRow.subject_id == comm)).scalars()
         wait_until(lambda: _status(maker, row.id, "sent"), 30, "the row marked sent")
         assert mail.message["Message-ID"] == row.message_id
     finally:

@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 
-from tests.factories import make_practice
+from tests.factories import make_patient, make_practice
 from tests.support import uid
 
 CSRF_INPUT = re.compile(r"<input[^>]*name=\"csrf_token\"[^>]*>")
@@ -148,13 +148,14 @@ def test_patient_and_provider_exchange_webmail_through_the_portal(
 
 
 def test_grant_portal_access_sheet_is_shown_once_and_not_cached(
-    live_server: Any, practice: Any, clients_seeded: None
+    live_server: Any, practice: Any, db_session: Any, settings: Any, clients_seeded: None
 ) -> None:
     base = live_server.url
+    pid = make_patient(db_session, settings, practice.practitioner_ref)
     provider = login(base, "console", practice.provider_username, practice.password)
-    chart = provider.get(base + f"/portal/console/patients/{practice.patient_id}", timeout=30)
+    chart = provider.get(base + f"/portal/console/patients/{pid}", timeout=30)
     assert chart.status_code == 200
-    sheet = post_form(provider, base + f"/portal/console/patients/{practice.patient_id}/grant-access", chart.text)
+    sheet = post_form(provider, base + f"/portal/console/patients/{pid}/grant-access", chart.text)
     assert sheet.status_code == 200, sheet.text[:1000]
     assert sheet.headers["Cache-Control"] == "no-store"
     username = re.search(r'id="sheet-username">([^<]+)<', sheet.text)

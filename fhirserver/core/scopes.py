@@ -1,5 +1,9 @@
 """SMART scopes: v2 syntax (``patient/Communication.rs``), with v1 (``.read``/``.write``/``.*``) mapped.
 
+The FHIR core owns the scope grammar because every access decision reads it
+(``fhirserver.core.access``); the authorization server (``smart_auth``) imports it to
+validate and narrow what clients ask for, so both sides parse scopes the same way.
+
 Parsing never widens: an unknown suffix, an out-of-order permission string
 (``.dus``) or an unknown context is dropped, not guessed at. Fine-grained query
 parameters on a scope (``?category=...``) are not supported yet and are rejected by

@@ -1,0 +1,98 @@
+"""The two interfaces through which the FHIR server reaches accounts and tokens.
+
+Dependencies point one way: ``smart_auth`` (accounts, OAuth) imports the FHIR server's
+configuration, database, scopes and audit; ``fhirserver`` never imports ``smart_auth``.
+What the FHIR side needs from accounts is written down here as two small protocols,
+and the composition roots (``fhirserver.app``, ``fhirserver.cli``, ``fhirserver.seed``)
+wire ``smart_auth``'s implementations in:
+
+- :class:`TokenAuthority` - from a bearer token to a live identity. It is handed to the
+  ``/fhir`` blueprint by the app factory (per app), and it checks the token's grant on
+  every request, so revocation takes effect at once.
+- :class:`PortalAccounts` - the state of a patient's portal account, and granting or
+  resetting it. The WebMail rules run wherever a Communication is written (web, CLI,
+  seed, tests), so this one is installed per process with :func:`install_portal_accounts`.
+  Until it is installed, anything that needs it fails loudly (closed by default).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from sqlalchemy.orm import Session
+
+from fhirserver.config import Settings
+
+# The states of a patient's portal account (docs/webmail-profile.md has the transitions).
+PORTAL_NONE = "none"
+PORTAL_ACTIVE = "active"
+PORTAL_DISABLED = "disabled"
+
+
+class TokenRejected(Exception):
+    """The bearer token must not be accepted; ``str(exc)`` is a short reason safe to return."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A verified access token whose grant is live: its claims, plus the staff assignments
+    that the same lookup found (staff see their providers' patients)."""
+
+    claims: dict[str, Any]
+    staff_of: tuple[str, ...] = ()
+
+
+class TokenAuthority(Protocol):
+    def authenticate(self, session: Session, token: str) -> Identity:
+        """Verify ``token`` and check that its grant is live; raise TokenRejected otherwise."""
+        ...
+
+
+@dataclass(frozen=True)
+class PortalCredentials:
+    """A new one-time password for a patient's portal account (shown once, never stored)."""
+
+    username: str
+    password: str
+    user_id: str
+
+
+class PortalStateError(Exception):
+    """The operation does not fit the account's state; ``state`` is one of the PORTAL_ states."""
+
+    def __init__(self, state: str) -> None:
+        super().__init__(state)
+        self.state = state
+
+
+class PortalAccounts(Protocol):
+    def portal_state(self, session: Session, patient_id: str) -> str:
+        """PORTAL_NONE, PORTAL_ACTIVE or PORTAL_DISABLED."""
+        ...
+
+    def grant_portal_access(self, session: Session, settings: Settings, *, patient_id: str,
+                            first_name: str) -> PortalCredentials:
+        """Create the account (state none -> active); PortalStateError in any other state."""
+        ...
+
+    def reset_portal_password(self, session: Session, settings: Settings, *,
+                              patient_id: str) -> PortalCredentials:
+        """New one-time password for an active account; ends its sessions and tokens."""
+        ...
+
+
+_portal_accounts: PortalAccounts | None = None
+
+
+def install_portal_accounts(impl: PortalAccounts) -> None:
+    """Wire the accounts implementation in (called by each composition root at start-up)."""
+    global _portal_accounts
+    _portal_accounts = impl
+
+
+def portal_accounts() -> PortalAccounts:
+    if _portal_accounts is None:
+        raise RuntimeError("no PortalAccounts installed: call fhirserver.core.ports.install_portal_accounts "
+                           "from the composition root")
+    return _portal_accounts

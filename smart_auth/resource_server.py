@@ -1,0 +1,106 @@
+"""What the FHIR API asks of the authorization server on every request: is this token live?
+
+:class:`SmartTokenAuthority` implements ``fhirserver.core.ports.TokenAuthority``. Two steps:
+
+1. The token's signature and claims (``smart_auth.tokens.verify_signature``). They never
+   change, so each process caches them per token (bounded, until the token's ``exp``);
+   the times (expiry, ``nbf``) are checked on every use all the same.
+2. Its grant's state: one primary-key lookup of ``oauth_grant`` joined to the account (and
+   its staff assignments, which staff requests need anyway). Never cached: a revoked grant,
+   a disabled account or a changed role is refused on the very next request, in every
+   process and on every instance, with nothing but the database.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from fhirserver.config import Settings
+from fhirserver.core.ports import Identity
+from smart_auth.models import OAuthGrant, StaffAssignment, UserAccount
+from smart_auth.tokens import InvalidToken, check_times, verify_signature
+
+CACHE_SIZE = 4096
+
+
+class VerifiedTokens:
+    """A per-process, thread-safe LRU of verified claims, keyed by the token itself."""
+
+    def __init__(self, size: int = CACHE_SIZE) -> None:
+        self.size = size
+        self._items: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, token: str) -> dict[str, Any] | None:
+        with self._lock:
+            claims = self._items.get(token)
+            if claims is not None:
+                self._items.move_to_end(token)
+            return claims
+
+    def put(self, token: str, claims: dict[str, Any]) -> None:
+        with self._lock:
+            self._items[token] = claims
+            self._items.move_to_end(token)
+            now = time.time()
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+            # Drop expired entries at the old end: they can never be used again.
+            while self._items:
+                oldest = next(iter(self._items.values()))
+                if oldest["exp"] > now:
+                    break
+                self._items.popitem(last=False)
+
+
+def grant_state(session: Session, grant_id: str, user_id: str, role: str) -> tuple[str, ...] | None:
+    """The staff assignments of the token's user when its grant is live, else None.
+
+    One query: the grant by primary key, its account (active, same role), and the
+    account's assignments (a LEFT JOIN: no rows for anyone but staff).
+    """
+    rows = session.execute(
+        select(OAuthGrant.revoked_at, UserAccount.active, UserAccount.role, StaffAssignment.practitioner_ref)
+        .join(UserAccount, UserAccount.id == OAuthGrant.user_id)
+        .outerjoin(StaffAssignment, StaffAssignment.user_id == UserAccount.id)
+        .where(OAuthGrant.id == grant_id, OAuthGrant.user_id == user_id)
+    ).all()
+    if not rows:
+        return None
+    revoked_at, active, current_role, _ = rows[0]
+    if revoked_at is not None or not active or current_role != role:
+        return None
+    return tuple(sorted(r[3] for r in rows if r[3]))
+
+
+class SmartTokenAuthority:
+    """Bearer tokens as the FHIR API sees them: signed by us, in time, and of a live grant."""
+
+    def __init__(self, settings: Settings, *, check_grants: bool = True) -> None:
+        self.settings = settings
+        self.cache = VerifiedTokens()
+        # Only the benchmark turns this off, to measure what the per-request check costs.
+        self.check_grants = check_grants
+
+    def claims(self, token: str) -> dict[str, Any]:
+        claims = self.cache.get(token)
+        if claims is None:
+            claims = verify_signature(token, self.settings)
+            self.cache.put(token, claims)
+        check_times(claims)
+        return claims
+
+    def authenticate(self, session: Session, token: str) -> Identity:
+        claims = self.claims(token)
+        if not self.check_grants:
+            return Identity(claims)
+        staff_of = grant_state(session, str(claims["gid"]), str(claims["sub"]), str(claims["role"]))
+        if staff_of is None:
+            raise InvalidToken("token revoked")
+        return Identity(claims, staff_of)
