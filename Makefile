@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 help:
 	@echo "make run    - set up .venv, migrate and seed var/fhirserver.db, start the dev server"
 	@echo "make test   - run every test (SQLite + PostgreSQL; browser and Celery tests on PostgreSQL + Redis)"
-	@echo "make lint   - ruff + mypy"
+	@echo "make lint   - ruff check, ruff format --check, mypy"
 	@echo "make bench  - run the benchmarks (bench/run.py)"
 	@echo "make clean  - remove var/ (dev database, mail, dev secrets) and caches"
 
@@ -46,6 +46,7 @@ test: venv
 
 lint: venv
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
 bench: venv

@@ -45,8 +45,15 @@ class Result:
         return self.pct(0.99)
 
 
-def run(name: str, base_url: str, factory: RequestFactory, *, concurrency: int = 8, seconds: float = 10.0,
-        expect: tuple[int, ...] = (200, 201)) -> Result:
+def run(
+    name: str,
+    base_url: str,
+    factory: RequestFactory,
+    *,
+    concurrency: int = 8,
+    seconds: float = 10.0,
+    expect: tuple[int, ...] = (200, 201),
+) -> Result:
     parts = urlsplit(base_url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     latencies: list[list[float]] = [[] for _ in range(concurrency)]

@@ -63,7 +63,8 @@ def seed(env: dict[str, str], messages: int) -> dict[str, Any]:
     for i in range(messages):
         repo.create("Communication", message_json(practice.patient_ref, practice.practitioner_ref, topic=f"m{i}"))
     extra = Repository(session, settings, system_principal()).create(
-        "Patient", patient_json([practice.practitioner_ref]))
+        "Patient", patient_json([practice.practitioner_ref])
+    )
     session.commit()
     from smart_auth.accounts import get_user
 
@@ -73,8 +74,9 @@ def seed(env: dict[str, str], messages: int) -> dict[str, Any]:
         "practice": practice,
         "read_id": extra.res_id,
         "provider_token": issue_access_token(settings, user=provider, client_id="bench", scope=PROVIDER_SCOPE),
-        "patient_token": issue_access_token(settings, user=patient, client_id="bench", scope=PATIENT_SCOPE,
-                                            patient=practice.patient_id),
+        "patient_token": issue_access_token(
+            settings, user=patient, client_id="bench", scope=PATIENT_SCOPE, patient=practice.patient_id
+        ),
     }
     session.close()
     return out
@@ -137,8 +139,13 @@ def send_to_unread(base: str, data: dict[str, Any], rounds: int) -> list[float]:
     for i in range(rounds):
         before = unread(base, data["provider_token"])
         t0 = time.perf_counter()
-        request(base, "POST", "/fhir/Communication", data["patient_token"],
-                message_json(p.patient_ref, p.practitioner_ref, topic=f"latency {i}"))
+        request(
+            base,
+            "POST",
+            "/fhir/Communication",
+            data["patient_token"],
+            message_json(p.patient_ref, p.practitioner_ref, topic=f"latency {i}"),
+        )
         while unread(base, data["provider_token"]) <= before:
             time.sleep(0.005)
         out.append((time.perf_counter() - t0) * 1000)
@@ -153,8 +160,13 @@ def send_to_email(base: str, data: dict[str, Any], sink: Sink, rounds: int) -> l
     for i in range(rounds):
         n = len(sink.arrivals)
         t0 = time.perf_counter()
-        request(base, "POST", "/fhir/Communication", data["provider_token"],
-                message_json(p.practitioner_ref, p.patient_ref, topic=f"email {i}"))
+        request(
+            base,
+            "POST",
+            "/fhir/Communication",
+            data["provider_token"],
+            message_json(p.practitioner_ref, p.patient_ref, topic=f"email {i}"),
+        )
         out.append((sink.wait_for(n + 1) - t0) * 1000)
     return out
 
@@ -197,10 +209,19 @@ def measure(args: argparse.Namespace, broker_url: str) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench-"))
     db_url = create_pg_database()
     port, bare_port, smtp_port = free_port(), free_port(), free_port()
-    env = {**os.environ, **test_env(tmp, db_url, port,
-                                    ARGON2_TIME_COST="1", ARGON2_MEMORY_KIB="1024",
-                                    BROKER_URL=broker_url,
-                                    NOTIFY_DISPATCH="celery", SMTP_URL=f"smtp://127.0.0.1:{smtp_port}")}
+    env = {
+        **os.environ,
+        **test_env(
+            tmp,
+            db_url,
+            port,
+            ARGON2_TIME_COST="1",
+            ARGON2_MEMORY_KIB="1024",
+            BROKER_URL=broker_url,
+            NOTIFY_DISPATCH="celery",
+            SMTP_URL=f"smtp://127.0.0.1:{smtp_port}",
+        ),
+    }
     procs: list[subprocess.Popen[bytes]] = []
     venv_bin = Path(sys.executable).parent
     try:
@@ -209,12 +230,27 @@ def measure(args: argparse.Namespace, broker_url: str) -> int:
         upgrade(db_url)
         data = seed(env, args.messages)
         sink = Sink(smtp_port)
-        procs.append(subprocess.Popen([str(venv_bin / "gunicorn"), *GUNICORN, "-b", f"127.0.0.1:{port}",
-                                       "fhirserver.wsgi:application"], env=env, cwd=ROOT))
-        procs.append(subprocess.Popen([str(venv_bin / "gunicorn"), *GUNICORN, "-b", f"127.0.0.1:{bare_port}",
-                                       "bench.bare_app:app"], env=env, cwd=ROOT))
-        procs.append(subprocess.Popen([str(venv_bin / "celery"), "-A", "notifier.celery_app", "worker",
-                                       "--pool=solo", "--loglevel=WARNING"], env=env, cwd=ROOT))
+        procs.append(
+            subprocess.Popen(
+                [str(venv_bin / "gunicorn"), *GUNICORN, "-b", f"127.0.0.1:{port}", "fhirserver.wsgi:application"],
+                env=env,
+                cwd=ROOT,
+            )
+        )
+        procs.append(
+            subprocess.Popen(
+                [str(venv_bin / "gunicorn"), *GUNICORN, "-b", f"127.0.0.1:{bare_port}", "bench.bare_app:app"],
+                env=env,
+                cwd=ROOT,
+            )
+        )
+        procs.append(
+            subprocess.Popen(
+                [str(venv_bin / "celery"), "-A", "notifier.celery_app", "worker", "--pool=solo", "--loglevel=WARNING"],
+                env=env,
+                cwd=ROOT,
+            )
+        )
         base, bare = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{bare_port}"
         wait_http(base + "/fhir/metadata")
         p = data["practice"]
@@ -225,28 +261,46 @@ def measure(args: argparse.Namespace, broker_url: str) -> int:
         from tests.factories import message_json
 
         body = json.dumps(message_json(p.patient_ref, p.practitioner_ref, topic="bench")).encode()
-        inbox = (f"/fhir/Communication?recipient={p.practitioner_ref}&status=completed&_sort=-sent&_count=20")
+        inbox = f"/fhir/Communication?recipient={p.practitioner_ref}&status=completed&_sort=-sent&_count=20"
         c, s = args.concurrency, args.seconds
         analyze(db_url)
         results = [
-            run("bare Flask endpoint (stored bytes)", bare, lambda t, i: ("GET", f"/bare/Patient/{read_id}", None, {}),
-                concurrency=c, seconds=s),
-            run("FHIR read Patient", base, lambda t, i: ("GET", f"/fhir/Patient/{read_id}", None, prov),
-                concurrency=c, seconds=s),
-            run("FHIR create Communication", base, lambda t, i: ("POST", "/fhir/Communication", body, pat),
-                concurrency=c, seconds=s),
+            run(
+                "bare Flask endpoint (stored bytes)",
+                bare,
+                lambda t, i: ("GET", f"/bare/Patient/{read_id}", None, {}),
+                concurrency=c,
+                seconds=s,
+            ),
+            run(
+                "FHIR read Patient",
+                base,
+                lambda t, i: ("GET", f"/fhir/Patient/{read_id}", None, prov),
+                concurrency=c,
+                seconds=s,
+            ),
+            run(
+                "FHIR create Communication",
+                base,
+                lambda t, i: ("POST", "/fhir/Communication", body, pat),
+                concurrency=c,
+                seconds=s,
+            ),
         ]
         analyze(db_url)  # the creates above grew the inbox
         results.append(
-            run("FHIR inbox search", base, lambda t, i: ("GET", inbox, None, prov), concurrency=c, seconds=s))
+            run("FHIR inbox search", base, lambda t, i: ("GET", inbox, None, prov), concurrency=c, seconds=s)
+        )
         unread_ms = send_to_unread(base, data, args.rounds)
         email_ms = send_to_email(base, data, sink, args.rounds)
         sink.controller.stop()
         write_report(Path(args.output), results, unread_ms, email_ms, args)
         for r in results:
             print(fmt(r))
-        print(f"send -> unread count p50 {statistics.median(unread_ms):.1f} ms; "
-              f"send -> email p50 {statistics.median(email_ms):.1f} ms")
+        print(
+            f"send -> unread count p50 {statistics.median(unread_ms):.1f} ms; "
+            f"send -> email p50 {statistics.median(email_ms):.1f} ms"
+        )
         return 0
     finally:
         for proc in procs:
@@ -259,8 +313,9 @@ def measure(args: argparse.Namespace, broker_url: str) -> int:
         drop_pg_database(db_url)
 
 
-def write_report(path: Path, results: list[Result], unread_ms: list[float], email_ms: list[float],
-                 args: argparse.Namespace) -> None:
+def write_report(
+    path: Path, results: list[Result], unread_ms: list[float], email_ms: list[float], args: argparse.Namespace
+) -> None:
     bare = results[0]
 
     def p99(xs: list[float]) -> float:
@@ -286,8 +341,7 @@ def write_report(path: Path, results: list[Result], unread_ms: list[float], emai
         "",
         "Ratios (same run):",
         "",
-        *[f"- {r.name}: **{r.throughput / bare.throughput:.2f}x** the bare endpoint's throughput"
-          for r in results[1:]],
+        *[f"- {r.name}: **{r.throughput / bare.throughput:.2f}x** the bare endpoint's throughput" for r in results[1:]],
         "",
         "Latency of the WebMail flows (sequential, no load):",
         "",

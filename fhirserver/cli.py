@@ -84,9 +84,7 @@ def check_redirect_uri(uri: str, *, allow_http_loopback: bool = True) -> str:
     except ValueError:
         raise click.BadParameter("not a valid URL", param_hint="--redirect-uri") from None
     if parts.fragment or "@" in parts.netloc or not host:
-        raise click.BadParameter(
-            "must be an absolute URL without fragment or user info", param_hint="--redirect-uri"
-        )
+        raise click.BadParameter("must be an absolute URL without fragment or user info", param_hint="--redirect-uri")
     loopback = host == "localhost"
     with suppress(ValueError):
         loopback = loopback or ipaddress.ip_address(host).is_loopback
@@ -285,8 +283,7 @@ def seed(clients_only: bool, fixture: Path | None) -> None:
             raise click.ClickException(str(exc)) from None
         session.commit()
     click.echo(
-        f"seed: {len(report.created)} created, {len(report.updated)} updated, "
-        f"{len(report.existing)} already present"
+        f"seed: {len(report.created)} created, {len(report.updated)} updated, {len(report.existing)} already present"
     )
 
 
@@ -433,8 +430,9 @@ def _account(session: Any, username: str) -> Any:
 def _audit_admin(session: Any, user: Any, description: str) -> None:
     from fhirserver.core.audit import security_event
 
-    security_event(session, subtype="user-admin", outcome="0", user_id=user.id, client_id=CLI_CLIENT_ID,
-                   description=description)
+    security_event(
+        session, subtype="user-admin", outcome="0", user_id=user.id, client_id=CLI_CLIENT_ID, description=description
+    )
 
 
 @main.group()
@@ -448,10 +446,17 @@ def user() -> None:
 @click.option("--name", "display_name", default="", help="Display name.")
 @click.option("--practitioner", default=None, help="Practitioner/{id}: required for a provider.")
 @click.option("--staff-of", "staff_of", multiple=True, help="Practitioner/{id} a staff member works for.")
-@click.option("--password-stdin", is_flag=True,
-              help="Read the password from stdin instead of printing a one-time password.")
-def user_add(username: str, role: str, display_name: str, practitioner: str | None, staff_of: tuple[str, ...],
-             password_stdin: bool) -> None:
+@click.option(
+    "--password-stdin", is_flag=True, help="Read the password from stdin instead of printing a one-time password."
+)
+def user_add(
+    username: str,
+    role: str,
+    display_name: str,
+    practitioner: str | None,
+    staff_of: tuple[str, ...],
+    password_stdin: bool,
+) -> None:
     """Create an account; without --password-stdin a one-time password is printed once."""
     settings = get_settings()
     from smart_auth.accounts import AccountError, create_user, one_time_password
@@ -469,10 +474,18 @@ def user_add(username: str, role: str, display_name: str, practitioner: str | No
         if practitioner:
             _practitioner(session, practitioner, "--practitioner")
         try:
-            account = create_user(session, username=username, password=password, role=role, settings=settings,
-                                  fhir_user=practitioner, display_name=display_name.strip(),
-                                  must_change_password=not password_stdin, staff_of=refs,
-                                  enforce_policy=password_stdin)
+            account = create_user(
+                session,
+                username=username,
+                password=password,
+                role=role,
+                settings=settings,
+                fhir_user=practitioner,
+                display_name=display_name.strip(),
+                must_change_password=not password_stdin,
+                staff_of=refs,
+                enforce_policy=password_stdin,
+            )
         except (AccountError, PasswordPolicyError) as exc:
             raise click.ClickException(str(exc)) from None
         _audit_admin(session, account, f"account created ({role})")
@@ -493,8 +506,7 @@ def _set_active(username: str, active: bool) -> None:
             click.echo(f"{account.username} is already {'enabled' if active else 'disabled'}", err=True)
             return
         set_active(session, account, active)
-        _audit_admin(session, account, "account enabled" if active else "account disabled: sessions and "
-                     "tokens ended")
+        _audit_admin(session, account, "account enabled" if active else "account disabled: sessions and tokens ended")
         session.commit()
     click.echo(f"{'enabled' if active else 'disabled'} {account.username}", err=True)
 
@@ -532,8 +544,11 @@ def user_assign(username: str, provider: str, remove: bool) -> None:
         if changed:
             _audit_admin(session, account, "staff assignment removed" if remove else "staff assignment added")
         session.commit()
-    verb = ("removed from" if remove else "assigned to") if changed else ("was not assigned to" if remove
-                                                                          else "already works for")
+    verb = (
+        ("removed from" if remove else "assigned to")
+        if changed
+        else ("was not assigned to" if remove else "already works for")
+    )
     click.echo(f"{account.username} {verb} {provider}", err=True)
 
 

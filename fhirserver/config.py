@@ -169,9 +169,7 @@ def load_settings(env: dict[str, str] | None = None, **overrides: Any) -> Settin
             raise SettingsError(f"{var} is required outside development")
         return _dev_secret(var_dir, filename, make)
 
-    key_spec = secret(
-        "ENCRYPTION_KEYS", "encryption-keys", lambda: "dev1:" + base64.b64encode(os.urandom(32)).decode()
-    )
+    key_spec = secret("ENCRYPTION_KEYS", "encryption-keys", lambda: "dev1:" + base64.b64encode(os.urandom(32)).decode())
     keys = parse_keys(key_spec)
     pem = env.get("JWT_PRIVATE_KEY_PEM") or (
         Path(env["JWT_PRIVATE_KEY_FILE"]).read_text() if env.get("JWT_PRIVATE_KEY_FILE") else ""

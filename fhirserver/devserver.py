@@ -142,8 +142,16 @@ def child_commands(settings: Settings, *, bind: str, mail_dir: Path) -> list[Chi
     return [
         Child(
             "smtp-sink",
-            [*cli, "mail-sink", "--folder", str(mail_dir), "--host", smtp.hostname or "127.0.0.1",
-             "--port", str(smtp.port or 8025)],
+            [
+                *cli,
+                "mail-sink",
+                "--folder",
+                str(mail_dir),
+                "--host",
+                smtp.hostname or "127.0.0.1",
+                "--port",
+                str(smtp.port or 8025),
+            ],
         ),
         Child("celery-worker", [*cli, "worker", "--beat", "--pool", "threads", "--concurrency", "2"]),
         Child("gunicorn", [*cli, "serve", "--bind", bind, "--workers", "2", "--threads", "8"]),

@@ -14,14 +14,45 @@ from fhirserver.webmail import operations, outbox, rules
 register_rules("Communication", before=rules.before_communication, after=outbox.after_communication)
 register_rules("Patient", before=rules.before_patient)
 
-register_operation("Communication", "$mark-read", "instance", operations.mark_read, permission="u",
-                   summary="Marks the message read for the signed-in user.")
-register_operation("Communication", "$mark-unread", "instance", operations.mark_unread, permission="u",
-                   summary="Marks the message unread for the signed-in user.")
-register_operation("Communication", "$unread-count", "type", operations.unread_count, permission="r",
-                   methods=("GET", "POST"), summary="The signed-in user's count of unread WebMail.")
-register_operation("Patient", "$grant-portal-access", "instance", operations.grant_portal_access,
-                   permission="u", summary="Creates the patient's portal account (providers only).")
-register_operation("Patient", "$reset-portal-password", "instance", operations.reset_portal_password,
-                   permission="u", summary="Issues a new one-time portal password (providers only).")
+register_operation(
+    "Communication",
+    "$mark-read",
+    "instance",
+    operations.mark_read,
+    permission="u",
+    summary="Marks the message read for the signed-in user.",
+)
+register_operation(
+    "Communication",
+    "$mark-unread",
+    "instance",
+    operations.mark_unread,
+    permission="u",
+    summary="Marks the message unread for the signed-in user.",
+)
+register_operation(
+    "Communication",
+    "$unread-count",
+    "type",
+    operations.unread_count,
+    permission="r",
+    methods=("GET", "POST"),
+    summary="The signed-in user's count of unread WebMail.",
+)
+register_operation(
+    "Patient",
+    "$grant-portal-access",
+    "instance",
+    operations.grant_portal_access,
+    permission="u",
+    summary="Creates the patient's portal account (providers only).",
+)
+register_operation(
+    "Patient",
+    "$reset-portal-password",
+    "instance",
+    operations.reset_portal_password,
+    permission="u",
+    summary="Issues a new one-time portal password (providers only).",
+)
 ENTRY_DECORATORS["Communication"] = operations.read_state_extensions

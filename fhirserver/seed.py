@@ -33,12 +33,20 @@ GRANT_TYPES = ("authorization_code", "refresh_token")
 # The scope is the most each may ask for; the portal asks for a patient's own compartment,
 # the console for what its signed-in user may see.
 FIRST_PARTY_CLIENTS: tuple[dict[str, str], ...] = (
-    {"client_id": "portal", "name": "Patient portal", "secret_setting": "portal_client_secret",
-     "redirect_path": "/portal/callback",
-     "scope": "openid fhirUser launch/patient offline_access patient/*.cruds"},
-    {"client_id": "console", "name": "Provider console", "secret_setting": "console_client_secret",
-     "redirect_path": "/portal/console/callback",
-     "scope": "openid fhirUser offline_access user/*.cruds"},
+    {
+        "client_id": "portal",
+        "name": "Patient portal",
+        "secret_setting": "portal_client_secret",
+        "redirect_path": "/portal/callback",
+        "scope": "openid fhirUser launch/patient offline_access patient/*.cruds",
+    },
+    {
+        "client_id": "console",
+        "name": "Provider console",
+        "secret_setting": "console_client_secret",
+        "redirect_path": "/portal/console/callback",
+        "scope": "openid fhirUser offline_access user/*.cruds",
+    },
 )
 
 
@@ -77,8 +85,7 @@ def load_fixture(path: Path = FIXTURE) -> dict[str, Any]:
 def demo_logins(data: dict[str, Any]) -> list[DemoLogin]:
     """The published demo accounts, for the dev banner and the README."""
     return [
-        DemoLogin(u["username"], u["password"], u["role"], u.get("displayName", ""),
-                  bool(u.get("mustChangePassword")))
+        DemoLogin(u["username"], u["password"], u["role"], u.get("displayName", ""), bool(u.get("mustChangePassword")))
         for u in data.get("users", [])
     ]
 
@@ -101,10 +108,21 @@ def _principal_of(user: Any) -> Principal:
     """The sending user's principal, as the web layer would build it from their token."""
     if user.role == "patient":
         pid = user.fhir_user.split("/", 1)[1]
-        return Principal(role="patient", scopes=ScopeSet.parse("patient/*.cruds"), user_id=user.id,
-                         fhir_user=user.fhir_user, patient=pid, client_id=SEED_CLIENT)
-    return Principal(role=user.role, scopes=ScopeSet.parse("user/*.cruds"), user_id=user.id,
-                     fhir_user=user.fhir_user, client_id=SEED_CLIENT)
+        return Principal(
+            role="patient",
+            scopes=ScopeSet.parse("patient/*.cruds"),
+            user_id=user.id,
+            fhir_user=user.fhir_user,
+            patient=pid,
+            client_id=SEED_CLIENT,
+        )
+    return Principal(
+        role=user.role,
+        scopes=ScopeSet.parse("user/*.cruds"),
+        user_id=user.id,
+        fhir_user=user.fhir_user,
+        client_id=SEED_CLIENT,
+    )
 
 
 def _refused(key: str, exc: FhirError) -> SeedError:
@@ -220,15 +238,17 @@ def first_party_clients(settings: Settings) -> list[dict[str, Any]]:
         secret = getattr(settings, spec["secret_setting"])
         if not secret:
             raise SeedError(f"client {spec['client_id']}: {spec['secret_setting'].upper()} is empty")
-        out.append({
-            "client_id": spec["client_id"],
-            "name": spec["name"],
-            "redirect_uris": [settings.base_url + spec["redirect_path"]],
-            "scope": spec["scope"],
-            "secret": secret,
-            "first_party": True,
-            "grant_types": GRANT_TYPES,
-        })
+        out.append(
+            {
+                "client_id": spec["client_id"],
+                "name": spec["name"],
+                "redirect_uris": [settings.base_url + spec["redirect_path"]],
+                "scope": spec["scope"],
+                "secret": secret,
+                "first_party": True,
+                "grant_types": GRANT_TYPES,
+            }
+        )
     return out
 
 

@@ -86,8 +86,9 @@ def _after_commit(session: Session) -> None:
     try:
         enqueue(config[1], list(ids))
     except Exception as exc:  # the commit stands; the sweep sends these later
-        log.warning("could not enqueue %d notification(s) (%s); the outbox sweep will retry",
-                    len(ids), type(exc).__name__)
+        log.warning(
+            "could not enqueue %d notification(s) (%s); the outbox sweep will retry", len(ids), type(exc).__name__
+        )
 
 
 def _after_transaction_end(session: Session, transaction: SessionTransaction) -> None:

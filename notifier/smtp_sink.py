@@ -50,9 +50,7 @@ class EmlWriter:
         return path
 
 
-def start_sink(
-    folder: str | Path = "var/mail", host: str = DEFAULT_HOST, port: int = DEFAULT_PORT
-) -> Controller:
+def start_sink(folder: str | Path = "var/mail", host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> Controller:
     """Start the sink in a background thread; call ``.stop()`` on the result to end it."""
     controller = Controller(EmlWriter(Path(folder)), hostname=host, port=port)
     controller.start()

@@ -109,13 +109,13 @@ def _note_failure(row: OutboxRow, settings: Settings, exc: BaseException, perman
     if permanent or row.attempts >= MAX_ATTEMPTS:
         row.status = "failed"
         row.next_attempt_at = None
-        log.warning("notification outbox=%s failed after %d attempt(s): %s", row.id, row.attempts,
-                    row.last_error)
+        log.warning("notification outbox=%s failed after %d attempt(s): %s", row.id, row.attempts, row.last_error)
         return Outcome("failed", error=row.last_error)
     countdown = backoff_seconds(settings, row.attempts)
     row.next_attempt_at = _now() + timedelta(seconds=countdown)
-    log.info("notification outbox=%s attempt %d failed (%s); retry in %ss", row.id, row.attempts,
-             row.last_error, countdown)
+    log.info(
+        "notification outbox=%s attempt %d failed (%s); retry in %ss", row.id, row.attempts, row.last_error, countdown
+    )
     return Outcome("pending", retry_in=countdown, error=row.last_error)
 
 
@@ -147,9 +147,7 @@ def _recipient_email(session: Session, settings: Settings, recipient_ref: str) -
 def deliver(settings: Settings, maker: sessionmaker[Session], outbox_id: int) -> Outcome:
     """Send the email of one outbox row unless that already happened; one transaction, row locked."""
     with maker() as session, session.begin():
-        row = session.execute(
-            select(OutboxRow).where(OutboxRow.id == outbox_id).with_for_update()
-        ).scalar_one_or_none()
+        row = session.execute(select(OutboxRow).where(OutboxRow.id == outbox_id).with_for_update()).scalar_one_or_none()
         if row is None:
             return Outcome("missing")
         if row.status != "pending":
@@ -174,20 +172,22 @@ def deliver(settings: Settings, maker: sessionmaker[Session], outbox_id: int) ->
         return Outcome("sent")
 
 
-def record_failure(settings: Settings, maker: sessionmaker[Session], outbox_id: int,
-                   exc: BaseException) -> Outcome:
+def record_failure(settings: Settings, maker: sessionmaker[Session], outbox_id: int, exc: BaseException) -> Outcome:
     """Count an attempt that failed outside SMTP (a bug, a bad resource) in a transaction of its own."""
     with maker() as session, session.begin():
-        row = session.execute(
-            select(OutboxRow).where(OutboxRow.id == outbox_id).with_for_update()
-        ).scalar_one_or_none()
+        row = session.execute(select(OutboxRow).where(OutboxRow.id == outbox_id).with_for_update()).scalar_one_or_none()
         if row is None or row.status != "pending":
             return Outcome(row.status if row else "missing")
         return _note_failure(row, settings, exc, permanent=False)
 
 
-def due_rows(settings: Settings, maker: sessionmaker[Session], now: datetime | None = None,
-             older_than: int = SWEEP_AFTER_SECONDS, limit: int = SWEEP_BATCH) -> list[int]:
+def due_rows(
+    settings: Settings,
+    maker: sessionmaker[Session],
+    now: datetime | None = None,
+    older_than: int = SWEEP_AFTER_SECONDS,
+    limit: int = SWEEP_BATCH,
+) -> list[int]:
     """Claim pending rows whose first attempt or retry is overdue by ``older_than`` seconds.
 
     Claimed rows get ``next_attempt_at = now``, so the next sweep leaves them alone for
@@ -197,20 +197,31 @@ def due_rows(settings: Settings, maker: sessionmaker[Session], now: datetime | N
     cutoff = now - timedelta(seconds=older_than)
     due_at = func.coalesce(OutboxRow.next_attempt_at, OutboxRow.created_at)
     with maker() as session, session.begin():
-        rows = session.execute(
-            select(OutboxRow)
-            .where(OutboxRow.status == "pending", due_at < cutoff)
-            .order_by(OutboxRow.created_at)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        ).scalars().all()
+        rows = (
+            session.execute(
+                select(OutboxRow)
+                .where(OutboxRow.status == "pending", due_at < cutoff)
+                .order_by(OutboxRow.created_at)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+            .scalars()
+            .all()
+        )
         for row in rows:
             row.next_attempt_at = now
         return [row.id for row in rows]
 
 
-@shared_task(bind=True, name=SEND_TASK, acks_late=True, max_retries=MAX_RETRIES, retry_backoff=True,
-             retry_jitter=True, retry_backoff_max=RETRY_BACKOFF_MAX)
+@shared_task(
+    bind=True,
+    name=SEND_TASK,
+    acks_late=True,
+    max_retries=MAX_RETRIES,
+    retry_backoff=True,
+    retry_jitter=True,
+    retry_backoff_max=RETRY_BACKOFF_MAX,
+)
 def send_notification(self: Any, outbox_id: int) -> str:
     """Deliver outbox row ``outbox_id``; retried with exponential backoff while the failure is transient."""
     settings = settings_of(self.app)

@@ -44,9 +44,7 @@ class PortalConfig:
         env = dict(os.environ if env is None else env)
         base_url = env.get("BASE_URL", "http://127.0.0.1:8080").rstrip("/")
         dev = env.get("FHIRSERVER_ENV", "development") == "development"
-        missing = [
-            v for v in ("SECRET_KEY", "PORTAL_CLIENT_SECRET", "CONSOLE_CLIENT_SECRET") if not env.get(v)
-        ]
+        missing = [v for v in ("SECRET_KEY", "PORTAL_CLIENT_SECRET", "CONSOLE_CLIENT_SECRET") if not env.get(v)]
         if missing:
             raise ValueError("missing portal settings: " + ", ".join(missing))
         return cls(

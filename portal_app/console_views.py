@@ -186,7 +186,12 @@ def mark_unread(msg_id: str) -> Response:
 def reply(msg_id: str) -> Response | tuple[str, int]:
     user = _user()
     result: Response | tuple[str, int] = auth.call(
-        REALM, reply_page, msg_id, user.practitioner, template="console/reply.html", done_endpoint="console.inbox",
+        REALM,
+        reply_page,
+        msg_id,
+        user.practitioner,
+        template="console/reply.html",
+        done_endpoint="console.inbox",
         regarding=True,
     )
     return result
@@ -201,8 +206,11 @@ def compose_provider() -> Response | tuple[str, int]:
         me = user.practitioner
         found = bundle_resources(client.search("Practitioner", [("_count", "200")]), "Practitioner")
         choices = sorted(
-            ((f"Practitioner/{p['id']}", format_name(p) or "Provider") for p in found
-             if f"Practitioner/{p['id']}" != me),
+            (
+                (f"Practitioner/{p['id']}", format_name(p) or "Provider")
+                for p in found
+                if f"Practitioner/{p['id']}" != me
+            ),
             key=lambda c: c[1].lower(),
         )
         form = ProviderComposeForm()

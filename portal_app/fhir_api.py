@@ -94,9 +94,7 @@ class FhirApi:
             headers={"Content-Type": "application/x-www-form-urlencoded"},
         )
 
-    def operation(
-        self, path: str, method: str = "POST", params: dict[str, Any] | None = None
-    ) -> dict[str, Any]:
+    def operation(self, path: str, method: str = "POST", params: dict[str, Any] | None = None) -> dict[str, Any]:
         """An operation such as ``Communication/1/$mark-read``; ``params`` become a Parameters body."""
         if method == "GET":
             return self._send("GET", path)

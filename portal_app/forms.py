@@ -79,9 +79,7 @@ class ProviderContactForm(FlaskForm):
 
     first_name = StringField("First name", validators=[DataRequired("Enter the first name."), Length(max=100)])
     last_name = StringField("Last name", validators=[DataRequired("Enter the last name."), Length(max=100)])
-    birth_date = DateField(
-        "Birth date", validators=[DataRequired("Enter the birth date (YYYY-MM-DD)."), _no_future]
-    )
+    birth_date = DateField("Birth date", validators=[DataRequired("Enter the birth date (YYYY-MM-DD)."), _no_future])
     phone = StringField(
         "Phone",
         validators=[
@@ -90,9 +88,7 @@ class ProviderContactForm(FlaskForm):
         ],
         render_kw={"autocomplete": "off", "inputmode": "tel"},
     )
-    email = StringField(
-        "Email", validators=[DataRequired("Enter an email address."), Length(max=200), EMAIL_CHECK]
-    )
+    email = StringField("Email", validators=[DataRequired("Enter an email address."), Length(max=200), EMAIL_CHECK])
     line1 = StringField("Address line 1", validators=[DataRequired("Enter the address."), Length(max=200)])
     line2 = StringField("Address line 2", validators=[Optional(), Length(max=200)])
     city = StringField("City", validators=[DataRequired("Enter the city."), Length(max=100)])

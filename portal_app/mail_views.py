@@ -49,8 +49,9 @@ def mark_read_if_mine(client: FhirApi, msg: MessageSummary, me: str | None) -> N
             raise
 
 
-def offer_primary_providers(client: FhirApi, patient_id: str, form: FlaskForm,
-                            field: Any) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+def offer_primary_providers(
+    client: FhirApi, patient_id: str, form: FlaskForm, field: Any
+) -> tuple[dict[str, Any], list[tuple[str, str]]]:
     """Read the Patient and offer its primary providers in the select ``field`` of ``form`` (the
     first one chosen when the form is first shown); returns the Patient and the choices."""
     patient = client.read("Patient", patient_id)
@@ -78,8 +79,9 @@ def send(client: FhirApi, body: dict[str, Any]) -> list[str]:
     return []
 
 
-def reply_page(client: FhirApi, msg_id: str, me: str | None, *, template: str, done_endpoint: str,
-               regarding: bool) -> Response | tuple[str, int]:
+def reply_page(
+    client: FhirApi, msg_id: str, me: str | None, *, template: str, done_endpoint: str, regarding: bool
+) -> Response | tuple[str, int]:
     """The reply form to message ``msg_id``, prefilled on first show with "RE: subject" and the
     quoted original; once sent, a redirect to ``done_endpoint``. ``me`` is who replies (None: an
     account without a provider, which cannot send); ``regarding`` also names the patient."""

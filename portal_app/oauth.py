@@ -145,9 +145,7 @@ class Discovery:
     def _fetch(self) -> Endpoints:
         for path in ("/fhir/.well-known/smart-configuration", "/.well-known/smart-configuration"):
             try:
-                resp = requests.get(
-                    self.api_base + path, headers={"Accept": "application/json"}, timeout=HTTP_TIMEOUT
-                )
+                resp = requests.get(self.api_base + path, headers={"Accept": "application/json"}, timeout=HTTP_TIMEOUT)
             except requests.RequestException:
                 continue
             if resp.status_code != 200:

@@ -127,9 +127,7 @@ def reply_recipients(original: dict[str, Any], me: str) -> list[str]:
 def reply_message(original: dict[str, Any], me: str, body: str, subject_line: str | None = None) -> dict[str, Any]:
     """A reply in the original's thread: inResponseTo the original, partOf the thread's first message."""
     subject = subject_line.strip() if subject_line else reply_subject(topic_text(original))
-    msg = new_message(
-        me, reply_recipients(original, me), subject, body, patient=_ref(original.get("subject"))
-    )
+    msg = new_message(me, reply_recipients(original, me), subject, body, patient=_ref(original.get("subject")))
     msg["inResponseTo"] = [{"reference": f"Communication/{original['id']}"}]
     msg["partOf"] = [{"reference": thread_root(original)}]
     return msg

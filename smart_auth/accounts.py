@@ -158,8 +158,7 @@ def create_user(
     name = normalize_username(username)
     if not USERNAME_RE.match(name):
         raise AccountError(
-            "username must be 3-150 characters: letters, digits, '.', '_', '-', '@', starting with a "
-            "letter or digit"
+            "username must be 3-150 characters: letters, digits, '.', '_', '-', '@', starting with a letter or digit"
         )
     refs = _check_identity(role, fhir_user, staff_of)
     if enforce_policy:
@@ -227,8 +226,7 @@ def one_time_password() -> str:
     return "".join(secrets.choice(OTP_ALPHABET) for _ in range(OTP_LENGTH))
 
 
-def grant_portal_access(session: Session, settings: Settings, *, patient_id: str,
-                        first_name: str) -> PortalCredentials:
+def grant_portal_access(session: Session, settings: Settings, *, patient_id: str, first_name: str) -> PortalCredentials:
     """Create the portal account of Patient/{patient_id} (state none -> active).
 
     Refused (PortalStateError naming the state) when the patient already has an account:
@@ -278,7 +276,11 @@ def reset_portal_password(session: Session, settings: Settings, *, patient_id: s
 
 
 def authenticate(
-    session: Session, settings: Settings, username: str, password: str, address: str | None,
+    session: Session,
+    settings: Settings,
+    username: str,
+    password: str,
+    address: str | None,
     device: str | None = None,
 ) -> UserAccount | None:
     """Check a username and password; None when they do not match (whatever the reason).
@@ -297,8 +299,13 @@ def authenticate(
     attempt = throttle.Attempt(name, address, device)
     refusal = throttle.check(session, settings, attempt)
     if refusal is not None:
-        security_event(session, subtype="login", outcome="4", address=address,
-                       description=f"login refused: too many failed attempts ({refusal.reason})")
+        security_event(
+            session,
+            subtype="login",
+            outcome="4",
+            address=address,
+            description=f"login refused: too many failed attempts ({refusal.reason})",
+        )
         raise LoginThrottled(refusal.retry_after)
     password = password if isinstance(password, str) else ""
     user = find_by_username(session, username) if username and len(username) <= 150 else None
@@ -309,16 +316,23 @@ def authenticate(
         ok = passwords.verify_password(settings, user.password_hash, password) and user.active
     if not ok:
         throttle.record_failure(session, settings, attempt)
-        security_event(session, subtype="login", outcome="4", user_id=user.id if user else None,
-                       address=address, description="login failed")
+        security_event(
+            session,
+            subtype="login",
+            outcome="4",
+            user_id=user.id if user else None,
+            address=address,
+            description="login failed",
+        )
         return None
     assert user is not None
     throttle.record_success(session, attempt)
     if passwords.needs_rehash(settings, user.password_hash):
         user.password_hash = passwords.hash_password(settings, password)
     user.last_login_at = utcnow()
-    security_event(session, subtype="login", outcome="0", user_id=user.id, address=address,
-                   description="login succeeded")
+    security_event(
+        session, subtype="login", outcome="0", user_id=user.id, address=address, description="login succeeded"
+    )
     session.flush()
     return user
 
@@ -338,21 +352,32 @@ def change_password(
         raise LoginThrottled(refusal.retry_after)
     if not passwords.verify_password(settings, user.password_hash, current or ""):
         throttle.record_failure(session, settings, attempt)
-        security_event(session, subtype="password-change", outcome="4", user_id=user.id, address=address,
-                       description="password change refused: wrong current password")
+        security_event(
+            session,
+            subtype="password-change",
+            outcome="4",
+            user_id=user.id,
+            address=address,
+            description="password change refused: wrong current password",
+        )
         raise AccountError("The current password is not correct.")
     passwords.check_policy(new, user.username)
     if new == current:
         raise passwords.PasswordPolicyError("Choose a password different from the current one.")
     user.password_hash = passwords.hash_password(settings, new)
     user.must_change_password = False
-    security_event(session, subtype="password-change", outcome="0", user_id=user.id, address=address,
-                   description="password changed")
+    security_event(
+        session,
+        subtype="password-change",
+        outcome="0",
+        user_id=user.id,
+        address=address,
+        description="password changed",
+    )
     session.flush()
 
 
-def set_password(session: Session, settings: Settings, user: UserAccount, new: str,
-                 must_change: bool = False) -> None:
+def set_password(session: Session, settings: Settings, user: UserAccount, new: str, must_change: bool = False) -> None:
     """Operator reset (CLI): set a password that passes the policy, without the current one.
 
     Every session and token of the account ends.

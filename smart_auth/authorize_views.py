@@ -113,8 +113,9 @@ def _oauth_error(error: OAuth2Error, params: dict[str, Any]) -> ResponseReturnVa
 
 def _deny(ev: Evaluation, error: type[OAuth2Error] = AccessDeniedError, description: str = "") -> Any:
     session.pop(PENDING_KEY, None)
-    err = error(description=description or None, redirect_uri=ev.grant.redirect_uri,
-                state=ev.grant.request.payload.state)
+    err = error(
+        description=description or None, redirect_uri=ev.grant.redirect_uri, state=ev.grant.request.payload.state
+    )
     return _server().handle_response(*err())
 
 
@@ -203,12 +204,14 @@ def proceed() -> ResponseReturnValue:
     patient = ev.patient if scope_policy.needs_patient(scopes) else None
     auth_time = session.get(AUTH_TIME_KEY)
     login_id = session.get(LOGIN_KEY)
-    decision = Decision(user=ev.user, scopes=scopes, patient=patient,
-                        auth_time=auth_time if isinstance(auth_time, int) else 0,
-                        login_id=login_id if isinstance(login_id, str) else None)
-    response = _server().create_authorization_response(
-        request=ev.grant.request, grant_user=decision, grant=ev.grant
+    decision = Decision(
+        user=ev.user,
+        scopes=scopes,
+        patient=patient,
+        auth_time=auth_time if isinstance(auth_time, int) else 0,
+        login_id=login_id if isinstance(login_id, str) else None,
     )
+    response = _server().create_authorization_response(request=ev.grant.request, grant_user=decision, grant=ev.grant)
     dbs().commit()
     session.pop(PENDING_KEY, None)
     return response  # type: ignore[no-any-return]
@@ -266,15 +269,27 @@ def register(bp: Blueprint) -> None:
         if request.method == "POST":
             chosen = [s for s in ev.scopes if s in request.form.getlist("scope")]
             if request.form.get("action") != "approve" or not chosen:
-                security_event(dbs(), subtype="consent", outcome="4", user_id=user.id,
-                               client_id=ev.client.client_id, address=request.remote_addr,
-                               description="authorization denied by the user")
+                security_event(
+                    dbs(),
+                    subtype="consent",
+                    outcome="4",
+                    user_id=user.id,
+                    client_id=ev.client.client_id,
+                    address=request.remote_addr,
+                    description="authorization denied by the user",
+                )
                 dbs().commit()
                 return _deny(ev, description="The user denied the request.")
             consent.record(dbs(), user.id, ev.client.client_id, chosen)
-            security_event(dbs(), subtype="consent", outcome="0", user_id=user.id,
-                           client_id=ev.client.client_id, address=request.remote_addr,
-                           description=f"consent recorded for {len(chosen)} of {len(ev.scopes)} scopes")
+            security_event(
+                dbs(),
+                subtype="consent",
+                outcome="0",
+                user_id=user.id,
+                client_id=ev.client.client_id,
+                address=request.remote_addr,
+                description=f"consent recorded for {len(chosen)} of {len(ev.scopes)} scopes",
+            )
             dbs().commit()
             _update_pending(consented=chosen)
             return redirect(url_for("smart_auth.authorize_continue"), 303)
@@ -283,5 +298,11 @@ def register(bp: Blueprint) -> None:
             names = {p.id: p.name for p in patient_picker.patients_for(dbs(), user)}
             patient_name = names.get(ev.patient)
         items = [(s, scope_policy.describe(s)) for s in ev.scopes]
-        return page("consent.html", client=ev.client, items=items, patient_name=patient_name,
-                    offline="offline_access" in ev.scopes, own_record=user.role == "patient")
+        return page(
+            "consent.html",
+            client=ev.client,
+            items=items,
+            patient_name=patient_name,
+            offline="offline_access" in ev.scopes,
+            own_record=user.role == "patient",
+        )

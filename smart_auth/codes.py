@@ -76,10 +76,12 @@ def purge(session: Session) -> int:
     grant that is gone (``smart_auth.grants.purge``). A redeemed code stays as long as its grant,
     so that presenting it again still revokes what it produced."""
     grant_gone = ~exists(select(OAuthGrant.id).where(OAuthGrant.id == AuthorizationCode.grant_id))
-    result = session.execute(delete(AuthorizationCode).where(
-        AuthorizationCode.expires_at < utcnow() - timedelta(hours=1),
-        AuthorizationCode.grant_id.is_(None) | grant_gone,
-    ))
+    result = session.execute(
+        delete(AuthorizationCode).where(
+            AuthorizationCode.expires_at < utcnow() - timedelta(hours=1),
+            AuthorizationCode.grant_id.is_(None) | grant_gone,
+        )
+    )
     return int(getattr(result, "rowcount", 0) or 0)
 
 

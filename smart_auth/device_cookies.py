@@ -49,8 +49,13 @@ def read(value: str | None, secret_key: str, now: float | None = None) -> list[E
     now = time.time() if now is None else now
     out = []
     for item in data if isinstance(data, list) else []:
-        if (isinstance(item, dict) and isinstance(item.get("a"), str) and isinstance(item.get("n"), str)
-                and isinstance(item.get("t"), int) and now - item["t"] < MAX_AGE_DAYS * 86400):
+        if (
+            isinstance(item, dict)
+            and isinstance(item.get("a"), str)
+            and isinstance(item.get("n"), str)
+            and isinstance(item.get("t"), int)
+            and now - item["t"] < MAX_AGE_DAYS * 86400
+        ):
             out.append(Entry(item["a"], item["n"], item["t"]))
     return out[:MAX_ENTRIES]
 

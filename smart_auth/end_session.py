@@ -35,22 +35,28 @@ def _error(status: int, error: str, description: str) -> Response:
 def end_session() -> Response:
     server = get_state().server
     try:
-        client = server.authenticate_client(server.create_oauth2_request(flask_request), AUTH_METHODS,
-                                            "end_session")
+        client = server.authenticate_client(server.create_oauth2_request(flask_request), AUTH_METHODS, "end_session")
     except OAuth2Error:
         response = _error(401, "invalid_client", "Client authentication failed.")
         response.headers["WWW-Authenticate"] = 'Basic realm="auth"'
         return response
     try:
-        claims = tokens.verify_id_token_hint(flask_request.form.get("id_token_hint", ""), server.settings,
-                                             client.get_client_id())
+        claims = tokens.verify_id_token_hint(
+            flask_request.form.get("id_token_hint", ""), server.settings, client.get_client_id()
+        )
     except tokens.InvalidToken:
         return _error(400, "invalid_request", "id_token_hint is not an id_token issued to this client.")
     login_id = claims["sid"]
     ended = sessions.end_login(dbs(), login_id)
     revoked = grants.revoke_login(dbs(), login_id)
-    security_event(dbs(), subtype="logout", outcome="0", user_id=claims["sub"], client_id=client.get_client_id(),
-                   address=flask_request.remote_addr,
-                   description=f"sign-in ended by its client: {ended} session(s), {revoked} grant(s)")
+    security_event(
+        dbs(),
+        subtype="logout",
+        outcome="0",
+        user_id=claims["sub"],
+        client_id=client.get_client_id(),
+        address=flask_request.remote_addr,
+        description=f"sign-in ended by its client: {ended} session(s), {revoked} grant(s)",
+    )
     dbs().commit()
     return Response(status=204)

@@ -37,8 +37,16 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
-def create(session: Session, *, user_id: str, client_id: str, scope: str, login_id: str | None,
-           grant_id: str | None = None, now: datetime | None = None) -> OAuthGrant:
+def create(
+    session: Session,
+    *,
+    user_id: str,
+    client_id: str,
+    scope: str,
+    login_id: str | None,
+    grant_id: str | None = None,
+    now: datetime | None = None,
+) -> OAuthGrant:
     now = now or utcnow()
     grant = OAuthGrant(
         id=grant_id or new_id(),
@@ -67,16 +75,22 @@ def note_issue(session: Session, grant_id: str) -> None:
 
 
 def _revoke_where(session: Session, reason: str, *conditions: object) -> list[str]:
-    ids = list(session.execute(
-        select(OAuthGrant.id).where(OAuthGrant.revoked_at.is_(None), *conditions)  # type: ignore[arg-type]
-    ).scalars())
+    ids = list(
+        session.execute(
+            select(OAuthGrant.id).where(OAuthGrant.revoked_at.is_(None), *conditions)  # type: ignore[arg-type]
+        ).scalars()
+    )
     if not ids:
         return []
     now = utcnow()
-    session.execute(update(OAuthGrant).where(OAuthGrant.id.in_(ids), OAuthGrant.revoked_at.is_(None))
-                    .values(revoked_at=now, revoke_reason=reason))
-    session.execute(update(RefreshToken).where(RefreshToken.grant_id.in_(ids), RefreshToken.revoked.is_(False))
-                    .values(revoked=True))
+    session.execute(
+        update(OAuthGrant)
+        .where(OAuthGrant.id.in_(ids), OAuthGrant.revoked_at.is_(None))
+        .values(revoked_at=now, revoke_reason=reason)
+    )
+    session.execute(
+        update(RefreshToken).where(RefreshToken.grant_id.in_(ids), RefreshToken.revoked.is_(False)).values(revoked=True)
+    )
     session.flush()
     return ids
 
@@ -109,24 +123,37 @@ def purge(session: Session, now: datetime, token_lifetime: timedelta) -> int:
     are kept as long as that too, so that a token presented after revocation still meets
     its grant's "revoked" rather than an unknown id.
     """
-    live_refresh = exists(select(RefreshToken.token_hash).where(
-        RefreshToken.grant_id == OAuthGrant.id, RefreshToken.expires_at > now))
+    live_refresh = exists(
+        select(RefreshToken.token_hash).where(RefreshToken.grant_id == OAuthGrant.id, RefreshToken.expires_at > now)
+    )
     old = OAuthGrant.last_issued_at < now - token_lifetime
     ended = (OAuthGrant.revoked_at.is_not(None)) & (OAuthGrant.revoked_at < now - token_lifetime)
     result = session.execute(delete(OAuthGrant).where((old & ~live_refresh) | ended))
-    session.execute(delete(RefreshToken).where(RefreshToken.grant_id.is_not(None),
-                                               ~exists(select(OAuthGrant.id).where(
-                                                   OAuthGrant.id == RefreshToken.grant_id))))
+    session.execute(
+        delete(RefreshToken).where(
+            RefreshToken.grant_id.is_not(None),
+            ~exists(select(OAuthGrant.id).where(OAuthGrant.id == RefreshToken.grant_id)),
+        )
+    )
     return int(getattr(result, "rowcount", 0) or 0)
 
 
-def issue_token(session: Session, settings: Settings, *, user: UserAccount, client_id: str, scope: str,
-                patient: str | None = None, lifetime: int | None = None) -> str:
+def issue_token(
+    session: Session,
+    settings: Settings,
+    *,
+    user: UserAccount,
+    client_id: str,
+    scope: str,
+    patient: str | None = None,
+    lifetime: int | None = None,
+) -> str:
     """A grant of its own and one access token from it, with no browser sign-in behind it.
 
     For operators and scripts (``fhirserver token``) and for tests. The grant ends like any
     other: revocation, a password reset or a disabled account end its token at once.
     """
     grant = create(session, user_id=user.id, client_id=client_id, scope=scope, login_id=None)
-    return tokens.issue_access_token(settings, user=user, client_id=client_id, scope=scope, grant_id=grant.id,
-                                     patient=patient, lifetime=lifetime)
+    return tokens.issue_access_token(
+        settings, user=user, client_id=client_id, scope=scope, grant_id=grant.id, patient=patient, lifetime=lifetime
+    )

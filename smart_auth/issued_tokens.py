@@ -61,8 +61,17 @@ def _access(session: Session, settings: Settings, value: str) -> IssuedToken | N
         live = False
     if live:
         live = grant_state(session, str(claims["gid"]), str(claims["sub"]), str(claims["role"])) is not None
-    return IssuedToken(ACCESS, str(claims["client_id"]), str(claims["sub"]), str(claims["gid"]),
-                       str(claims["scope"]), int(claims["exp"]), int(claims["iat"]), live, claims)
+    return IssuedToken(
+        ACCESS,
+        str(claims["client_id"]),
+        str(claims["sub"]),
+        str(claims["gid"]),
+        str(claims["scope"]),
+        int(claims["exp"]),
+        int(claims["iat"]),
+        live,
+        claims,
+    )
 
 
 def _refresh(session: Session, value: str) -> IssuedToken | None:
@@ -73,9 +82,16 @@ def _refresh(session: Session, value: str) -> IssuedToken | None:
     live = refresh_tokens.is_live(row) and user is not None and user.active
     if live and row.grant_id:
         live = grant_state(session, row.grant_id, row.user_id, user.role if user else "") is not None
-    return IssuedToken(REFRESH, row.client_id, row.user_id, row.grant_id, row.scope,
-                       int(as_utc(row.expires_at).timestamp()), int(as_utc(row.issued_at).timestamp()),
-                       live and bool(row.grant_id))
+    return IssuedToken(
+        REFRESH,
+        row.client_id,
+        row.user_id,
+        row.grant_id,
+        row.scope,
+        int(as_utc(row.expires_at).timestamp()),
+        int(as_utc(row.issued_at).timestamp()),
+        live and bool(row.grant_id),
+    )
 
 
 def find(session: Session, settings: Settings, value: Any, hint: str | None = None) -> IssuedToken | None:

@@ -72,31 +72,47 @@ def register(bp: Blueprint) -> None:
         if request.method == "GET":
             if current_user() is not None:
                 return redirect(after_login_target())
-            return page("login.html", client_name=_pending_client_name(), expired=expired,
-                        signed_out=request.args.get("signed_out") == "1")
+            return page(
+                "login.html",
+                client_name=_pending_client_name(),
+                expired=expired,
+                signed_out=request.args.get("signed_out") == "1",
+            )
         username = _form("username")
         password = _form("password")
         secret = settings().secret_key
         devices = device_cookies.read(request.cookies.get(device_cookies.COOKIE_NAME), secret)
         try:
-            user = accounts.authenticate(dbs(), settings(), username, password, request.remote_addr,
-                                         device=device_cookies.nonce_for(devices, username))
+            user = accounts.authenticate(
+                dbs(),
+                settings(),
+                username,
+                password,
+                request.remote_addr,
+                device=device_cookies.nonce_for(devices, username),
+            )
         except accounts.LoginThrottled as exc:
             dbs().commit()
-            throttled = make_response(page("login.html", 429, error=THROTTLED, username=username,
-                                           client_name=_pending_client_name()))
+            throttled = make_response(
+                page("login.html", 429, error=THROTTLED, username=username, client_name=_pending_client_name())
+            )
             throttled.headers["Retry-After"] = str(exc.retry_after)
             return throttled
         dbs().commit()
         if user is None:
-            return page("login.html", 400, error=LOGIN_FAILED, username=username,
-                        client_name=_pending_client_name())
+            return page("login.html", 400, error=LOGIN_FAILED, username=username, client_name=_pending_client_name())
         sign_in(user)
         regenerate(session)
         response: Response = redirect(after_login_target(), 303)
-        response.set_cookie(device_cookies.COOKIE_NAME, device_cookies.issue(devices, username, secret),
-                            max_age=device_cookies.MAX_AGE_DAYS * 86400, path=device_cookies.COOKIE_PATH,
-                            httponly=True, secure=settings().base_url.startswith("https://"), samesite="Lax")
+        response.set_cookie(
+            device_cookies.COOKIE_NAME,
+            device_cookies.issue(devices, username, secret),
+            max_age=device_cookies.MAX_AGE_DAYS * 86400,
+            path=device_cookies.COOKIE_PATH,
+            httponly=True,
+            secure=settings().base_url.startswith("https://"),
+            samesite="Lax",
+        )
         return response
 
     @bp.route("/password", methods=["GET", "POST"])
@@ -146,8 +162,9 @@ def register(bp: Blueprint) -> None:
         if isinstance(user_id, str):
             if isinstance(login_id, str):
                 grants.revoke_login(dbs(), login_id)  # online access ends with the sign-in
-            security_event(dbs(), subtype="logout", outcome="0", user_id=user_id,
-                           address=request.remote_addr, description="logout")
+            security_event(
+                dbs(), subtype="logout", outcome="0", user_id=user_id, address=request.remote_addr, description="logout"
+            )
             dbs().commit()
         end(session)
         return redirect(target or url_for("smart_auth.login", signed_out="1"), 303)

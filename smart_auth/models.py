@@ -52,9 +52,7 @@ class OAuthClient(Base):
     redirect_uris: Mapped[str] = mapped_column(Text, nullable=False, default="[]")  # JSON list
     scope: Mapped[str] = mapped_column(Text, nullable=False, default="")  # the most it may ask for
     grant_types: Mapped[str] = mapped_column(Text, nullable=False, default='["authorization_code"]')
-    token_endpoint_auth_method: Mapped[str] = mapped_column(
-        String(40), nullable=False, default="client_secret_basic"
-    )
+    token_endpoint_auth_method: Mapped[str] = mapped_column(String(40), nullable=False, default="client_secret_basic")
     # First-party clients (our portal and console) skip the consent page.
     first_party: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     # A resource server may introspect any token (RFC 7662); other confidential clients only their own.

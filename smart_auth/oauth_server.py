@@ -220,8 +220,9 @@ def _token_response(
     ctx: TokenContext,
 ) -> dict[str, Any]:
     """The JSON of a successful token response (the refresh token row is written here)."""
-    access = tokens.issue_access_token(settings, user=user, client_id=client_id, scope=scope,
-                                       grant_id=ctx.grant_id, patient=ctx.patient)
+    access = tokens.issue_access_token(
+        settings, user=user, client_id=client_id, scope=scope, grant_id=ctx.grant_id, patient=ctx.patient
+    )
     grants.note_issue(dbs(), ctx.grant_id)
     body: dict[str, Any] = {
         "access_token": access,
@@ -232,8 +233,9 @@ def _token_response(
     if ctx.patient:
         body["patient"] = ctx.patient
     if "openid" in scope.split():
-        body["id_token"] = tokens.issue_id_token(settings, user=user, client_id=client_id, nonce=ctx.nonce,
-                                                 auth_time=ctx.auth_time, sid=ctx.login_id)
+        body["id_token"] = tokens.issue_id_token(
+            settings, user=user, client_id=client_id, nonce=ctx.nonce, auth_time=ctx.auth_time, sid=ctx.login_id
+        )
     if ctx.refresh_scope is not None:
         body["refresh_token"] = refresh_tokens.create(
             dbs(),
@@ -306,9 +308,15 @@ class SmartCodeGrant(AuthorizationCodeGrant):
             # A replayed code: revoke what it produced, access tokens included (RFC 6749 §4.1.2).
             if row.grant_id:
                 grants.revoke(dbs(), row.grant_id, "code-replay")
-            security_event(dbs(), subtype="token-issue", outcome="8", user_id=row.user_id,
-                           client_id=row.client_id, address=flask_request.remote_addr,
-                           description="authorization code replayed: its grant was revoked")
+            security_event(
+                dbs(),
+                subtype="token-issue",
+                outcome="8",
+                user_id=row.user_id,
+                client_id=row.client_id,
+                address=flask_request.remote_addr,
+                description="authorization code replayed: its grant was revoked",
+            )
             return None
         if not codes.is_live(row):
             return None
@@ -326,18 +334,34 @@ class SmartCodeGrant(AuthorizationCodeGrant):
         grant_id = grants.new_id()
         if not codes.claim(dbs(), row, grant_id):
             raise InvalidGrantError("Invalid 'code' in request.")
-        grants.create(dbs(), grant_id=grant_id, user_id=row.user_id, client_id=row.client_id, scope=row.scope,
-                      login_id=row.login_id)
+        grants.create(
+            dbs(),
+            grant_id=grant_id,
+            user_id=row.user_id,
+            client_id=row.client_id,
+            scope=row.scope,
+            login_id=row.login_id,
+        )
         self._grant_id = grant_id
         return super().create_token_response()
 
-    def generate_token(self, user: Any = None, scope: Any = None, grant_type: Any = None,
-                       expires_in: Any = None, include_refresh_token: bool = True) -> dict[str, Any]:
+    def generate_token(
+        self,
+        user: Any = None,
+        scope: Any = None,
+        grant_type: Any = None,
+        expires_in: Any = None,
+        include_refresh_token: bool = True,
+    ) -> dict[str, Any]:
         row = self.request.authorization_code.row
         granted = row.scope.split()
-        ctx = TokenContext(grant_id=self._grant_id,
-                           patient=row.launch_patient if scope_policy.needs_patient(granted) else None,
-                           nonce=row.nonce, auth_time=row.auth_time or None, login_id=row.login_id)
+        ctx = TokenContext(
+            grant_id=self._grant_id,
+            patient=row.launch_patient if scope_policy.needs_patient(granted) else None,
+            nonce=row.nonce,
+            auth_time=row.auth_time or None,
+            login_id=row.login_id,
+        )
         if include_refresh_token and scope_policy.wants_refresh(granted):
             ctx.refresh_scope = row.scope
             ctx.refresh_patient = ctx.patient
@@ -394,9 +418,15 @@ class SmartRefreshGrant(RefreshTokenGrant):
         if row.revoked:
             # Rotation means a revoked token is never presented by its rightful owner.
             if row.grant_id and grants.revoke(dbs(), row.grant_id, "refresh-replay"):
-                security_event(dbs(), subtype="token-refresh", outcome="8", user_id=row.user_id,
-                               client_id=row.client_id, address=flask_request.remote_addr,
-                               description="revoked refresh token replayed: its grant was revoked")
+                security_event(
+                    dbs(),
+                    subtype="token-refresh",
+                    outcome="8",
+                    user_id=row.user_id,
+                    client_id=row.client_id,
+                    address=flask_request.remote_addr,
+                    description="revoked refresh token replayed: its grant was revoked",
+                )
             return None
         grant = grants.get(dbs(), row.grant_id)
         if not refresh_tokens.is_live(row) or grant is None or grant.revoked_at is not None:
@@ -431,9 +461,11 @@ class SmartRefreshGrant(RefreshTokenGrant):
         row = refresh_token.row
         scope = " ".join((self.request.payload.scope or row.scope).split())
         grant = grants.get(dbs(), row.grant_id)
-        ctx = TokenContext(grant_id=row.grant_id or "",
-                           patient=row.launch_patient if scope_policy.needs_patient(scope.split()) else None,
-                           login_id=grant.login_id if grant else None)
+        ctx = TokenContext(
+            grant_id=row.grant_id or "",
+            patient=row.launch_patient if scope_policy.needs_patient(scope.split()) else None,
+            login_id=grant.login_id if grant else None,
+        )
         # RFC 6749 §6: the new refresh token carries the original grant, whatever was narrowed.
         ctx.refresh_scope = row.scope
         ctx.refresh_patient = row.launch_patient

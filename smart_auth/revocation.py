@@ -26,8 +26,9 @@ class SmartRevocationEndpoint(RevocationEndpoint):  # type: ignore[misc]
 
     def authenticate_token(self, request: Any, client: Any) -> issued_tokens.IssuedToken | None:
         self.check_params(request, client)
-        token = issued_tokens.find(dbs(), self.server.settings, request.form.get("token"),
-                                   request.form.get("token_type_hint"))
+        token = issued_tokens.find(
+            dbs(), self.server.settings, request.form.get("token"), request.form.get("token_type_hint")
+        )
         # Another client's token: the same silent 200 as an unknown one (RFC 7009 2.2).
         return token if token is not None and token.check_client(client) else None
 
@@ -36,6 +37,12 @@ class SmartRevocationEndpoint(RevocationEndpoint):  # type: ignore[misc]
 
     def revoke_token(self, token: issued_tokens.IssuedToken, request: Any) -> None:
         if token.grant_id and grants.revoke(dbs(), token.grant_id, "revoked"):
-            security_event(dbs(), subtype="token-revoke", outcome="0", user_id=token.user_id,
-                           client_id=token.client_id, address=flask_request.remote_addr,
-                           description=f"grant revoked ({token.kind})")
+            security_event(
+                dbs(),
+                subtype="token-revoke",
+                outcome="0",
+                user_id=token.user_id,
+                client_id=token.client_id,
+                address=flask_request.remote_addr,
+                description=f"grant revoked ({token.kind})",
+            )

@@ -250,8 +250,7 @@ class DatabaseSessionInterface(SessionInterface):
         # maps to nothing, and it lets the login page say why the user has to sign in again.
         if not session.modified:
             if session.id_hash:  # an existing session was used: it is not idle
-                dbs.execute(update(WebSession).where(WebSession.id_hash == session.id_hash)
-                            .values(last_seen_at=now))
+                dbs.execute(update(WebSession).where(WebSession.id_hash == session.id_hash).values(last_seen_at=now))
             return
         data = json.dumps(dict(session), separators=(",", ":"))
         user_id = session.get(USER_KEY)
@@ -262,12 +261,23 @@ class DatabaseSessionInterface(SessionInterface):
             if session.id_hash:
                 dbs.execute(delete(WebSession).where(WebSession.id_hash == session.id_hash))
             value = secrets.token_urlsafe(32)
-            dbs.add(WebSession(id_hash=sha256_hex(value), data=data, user_id=user_id, login_id=login_id,
-                               created_at=now, last_seen_at=now))
+            dbs.add(
+                WebSession(
+                    id_hash=sha256_hex(value),
+                    data=data,
+                    user_id=user_id,
+                    login_id=login_id,
+                    created_at=now,
+                    last_seen_at=now,
+                )
+            )
             response.set_cookie(COOKIE_NAME, value, **self._cookie_args())
             if session.pre_created is not None:
                 response.delete_cookie(PRE_COOKIE_NAME, **self._cookie_args())
             return
-        dbs.execute(update(WebSession).where(WebSession.id_hash == session.id_hash)
-                    .values(data=data, user_id=user_id, login_id=login_id, last_seen_at=now))
+        dbs.execute(
+            update(WebSession)
+            .where(WebSession.id_hash == session.id_hash)
+            .values(data=data, user_id=user_id, login_id=login_id, last_seen_at=now)
+        )
         response.vary.add("Cookie")

@@ -191,5 +191,3 @@ def purge(session: Session, settings: Settings, now: datetime | None = None) -> 
         )
     )
     return int(getattr(result, "rowcount", 0) or 0)
-
-

@@ -28,8 +28,9 @@ from smart_auth.web_support import PENDING_KEY, dbs, error_page, get_state
 # end-session endpoints are called by apps (authenticated by client credentials), and the
 # first authorize request arrives from the app's page (it only starts a flow; every
 # approval form is protected).
-CLIENT_ENDPOINTS = frozenset({"smart_auth.token", "smart_auth.revoke", "smart_auth.introspect",
-                              "smart_auth.end_session"})
+CLIENT_ENDPOINTS = frozenset(
+    {"smart_auth.token", "smart_auth.revoke", "smart_auth.introspect", "smart_auth.end_session"}
+)
 CSRF_EXEMPT = CLIENT_ENDPOINTS | {"smart_auth.authorize"}
 
 
@@ -137,8 +138,7 @@ def create_blueprint() -> Blueprint:
     def _csrf_failed(_: CSRFError) -> ResponseReturnValue:
         return error_page(
             "This form has expired",
-            "The form was open too long or did not come from this site. Please go back, reload the page and "
-            "try again.",
+            "The form was open too long or did not come from this site. Please go back, reload the page and try again.",
             400,
         )
 

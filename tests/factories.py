@@ -13,8 +13,7 @@ from fhirserver.core.repository import Repository
 from fhirserver.core.scopes import ScopeSet
 from tests.support import uid
 
-CATEGORY = {"coding": [{"system": "http://fhir-webmail.example/CodeSystem/communication-category",
-                        "code": "webmail"}]}
+CATEGORY = {"coding": [{"system": "http://fhir-webmail.example/CodeSystem/communication-category", "code": "webmail"}]}
 PATIENT_SCOPE = "launch/patient patient/Patient.rs patient/Practitioner.rs patient/Communication.cruds"
 PROVIDER_SCOPE = "user/Patient.cruds user/Practitioner.rs user/Organization.rs user/Communication.cruds"
 
@@ -37,8 +36,9 @@ def practitioner_json(family: str = "Okafor", given: str = "Ada") -> dict[str, A
     return {"resourceType": "Practitioner", "name": [{"family": family, "given": [given]}]}
 
 
-def patient_json(gp: list[str], *, email: bool = True, family: str = "Rivera", given: str = "Lena",
-                 **extra: Any) -> dict[str, Any]:
+def patient_json(
+    gp: list[str], *, email: bool = True, family: str = "Rivera", given: str = "Lena", **extra: Any
+) -> dict[str, Any]:
     telecom = [{"system": "phone", "value": "555-0100"}]
     if email:
         telecom.append({"system": "email", "value": f"{given.lower()}.{uid()}@mail.example"})
@@ -54,8 +54,15 @@ def patient_json(gp: list[str], *, email: bool = True, family: str = "Rivera", g
     return data
 
 
-def message_json(sender: str, recipient: str, subject: str | None = None, *, topic: str = "Hello",
-                 body: str = "How are you?", **extra: Any) -> dict[str, Any]:
+def message_json(
+    sender: str,
+    recipient: str,
+    subject: str | None = None,
+    *,
+    topic: str = "Hello",
+    body: str = "How are you?",
+    **extra: Any,
+) -> dict[str, Any]:
     data: dict[str, Any] = {
         "resourceType": "Communication",
         "status": "completed",
@@ -106,22 +113,53 @@ def make_practice(session: Session, settings: Settings, *, portal: bool = True, 
 
     repo = Repository(session, settings, system_principal("tests"))
     prac = repo.create("Practitioner", practitioner_json(family=f"Doc{uid()}"))
-    pat = repo.create("Patient", patient_json([f"Practitioner/{prac.res_id}"], email=email,
-                                              family=f"Pat{uid()}"))
+    pat = repo.create("Patient", patient_json([f"Practitioner/{prac.res_id}"], email=email, family=f"Pat{uid()}"))
     password = "correct horse battery staple"
-    prov_user = accounts.create_user(session, username=f"dr{uid()}", password=password, role="provider",
-                                     fhir_user=f"Practitioner/{prac.res_id}", display_name="Dr Test",
-                                     settings=settings)
+    prov_user = accounts.create_user(
+        session,
+        username=f"dr{uid()}",
+        password=password,
+        role="provider",
+        fhir_user=f"Practitioner/{prac.res_id}",
+        display_name="Dr Test",
+        settings=settings,
+    )
     pat_username = f"pat{uid()}"
-    pat_user = accounts.create_user(session, username=pat_username, password=password, role="patient",
-                                    fhir_user=f"Patient/{pat.res_id}", display_name="Patient Test",
-                                    settings=settings)
+    pat_user = accounts.create_user(
+        session,
+        username=pat_username,
+        password=password,
+        role="patient",
+        fhir_user=f"Patient/{pat.res_id}",
+        display_name="Patient Test",
+        settings=settings,
+    )
     if not portal:
         pat_user.active = False
     session.commit()
-    provider = Principal(role="provider", scopes=ScopeSet.parse(PROVIDER_SCOPE), user_id=prov_user.id,
-                         fhir_user=f"Practitioner/{prac.res_id}", client_id="tests")
-    patient = Principal(role="patient", scopes=ScopeSet.parse(PATIENT_SCOPE), user_id=pat_user.id,
-                        fhir_user=f"Patient/{pat.res_id}", client_id="tests", patient=pat.res_id)
-    return Practice(prac.res_id, pat.res_id, prov_user.id, pat_user.id, prov_user.username, pat_username,
-                    provider, patient, password)
+    provider = Principal(
+        role="provider",
+        scopes=ScopeSet.parse(PROVIDER_SCOPE),
+        user_id=prov_user.id,
+        fhir_user=f"Practitioner/{prac.res_id}",
+        client_id="tests",
+    )
+    patient = Principal(
+        role="patient",
+        scopes=ScopeSet.parse(PATIENT_SCOPE),
+        user_id=pat_user.id,
+        fhir_user=f"Patient/{pat.res_id}",
+        client_id="tests",
+        patient=pat.res_id,
+    )
+    return Practice(
+        prac.res_id,
+        pat.res_id,
+        prov_user.id,
+        pat_user.id,
+        prov_user.username,
+        pat_username,
+        provider,
+        patient,
+        password,
+    )

@@ -161,9 +161,20 @@ def celery_worker(env: dict[str, str], log: Path) -> Iterator[Path]:
     import sys
 
     celery = Path(sys.executable).with_name("celery")
-    cmd = [str(celery), "-A", "notifier.celery_app", "worker", "--pool=solo", "--concurrency=1",
-           "--loglevel=INFO", "--without-gossip", "--without-mingle", "--without-heartbeat",
-           "-n", f"test-worker-{uid()}@localhost"]
+    cmd = [
+        str(celery),
+        "-A",
+        "notifier.celery_app",
+        "worker",
+        "--pool=solo",
+        "--concurrency=1",
+        "--loglevel=INFO",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+        "-n",
+        f"test-worker-{uid()}@localhost",
+    ]
     full_env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"), **env}
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=out, stderr=subprocess.STDOUT)
@@ -247,8 +258,7 @@ class MailCatcher:
     def url(self) -> str:
         return f"smtp://127.0.0.1:{self.port}?timeout=5"
 
-    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
-                          rcpt_options: Any) -> str:
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: Any) -> str:
         if self.refuse:
             return "550 5.1.1 mailbox unavailable"
         envelope.rcpt_tos.append(address)
@@ -258,16 +268,18 @@ class MailCatcher:
         if self.delay:
             await asyncio.sleep(self.delay)
         with self._lock:
-            self.messages.append(Captured(envelope.mail_from, list(envelope.rcpt_tos),
-                                          bytes(envelope.original_content or envelope.content)))
+            self.messages.append(
+                Captured(
+                    envelope.mail_from, list(envelope.rcpt_tos), bytes(envelope.original_content or envelope.content)
+                )
+            )
         return "250 Message accepted"
 
     def start(self) -> None:
         from aiosmtpd.controller import Controller
 
         if self._controller is None:
-            self._controller = Controller(self, hostname="127.0.0.1", port=self.port,
-                                          server_hostname="localhost")
+            self._controller = Controller(self, hostname="127.0.0.1", port=self.port, server_hostname="localhost")
             self._controller.start()
 
     def stop(self) -> None:
@@ -283,5 +295,4 @@ class MailCatcher:
 
     def wait_for(self, address: str, count: int = 1, timeout: float = 30.0) -> list[Captured]:
         """The messages for ``address`` once there are at least ``count`` of them."""
-        return wait_until(lambda: len(self.to(address)) >= count and self.to(address), timeout,
-                          f"{count} email(s)")
+        return wait_until(lambda: len(self.to(address)) >= count and self.to(address), timeout, f"{count} email(s)")

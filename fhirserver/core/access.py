@@ -130,10 +130,12 @@ def _role_conditions(p: Principal, res_type: str) -> list[ColumnElement[bool]]:
     if res_type == "Patient":
         return [ResourceRow.res_id.in_(_patients_of(pracs))]
     if res_type == "Communication":
-        return [or_(
-            _ref_exists("Communication", COMMUNICATION_PARTY_PARAMS, "Practitioner", pracs),
-            _ref_exists("Communication", ("subject",), "Patient", _patients_of(pracs)),
-        )]
+        return [
+            or_(
+                _ref_exists("Communication", COMMUNICATION_PARTY_PARAMS, "Practitioner", pracs),
+                _ref_exists("Communication", ("subject",), "Patient", _patients_of(pracs)),
+            )
+        ]
     return [false()]
 
 
@@ -179,8 +181,8 @@ def content_in_grant(p: Principal, res_type: str, res_id: str, data: dict[str, A
         return True
     pid = _patient_context(p) if (p.role == "patient" or p.patient) else None
     patient_only = p.role == "patient" or (
-        res_type in PHI_TYPES and p.scopes.contexts_for(res_type, "c") | p.scopes.contexts_for(res_type, "u")
-        == {"patient"}
+        res_type in PHI_TYPES
+        and p.scopes.contexts_for(res_type, "c") | p.scopes.contexts_for(res_type, "u") == {"patient"}
     )
     if res_type == "Patient":
         in_patient = pid is not None and res_id == pid

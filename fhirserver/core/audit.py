@@ -52,17 +52,25 @@ def _agents(principal: Principal | None, user_id: str | None, client_id: str | N
     uid = (principal.user_id if principal else None) or user_id
     if uid or who_user:
         agent: dict[str, Any] = {
-            "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
-                                 "code": "IRCP"}]},
+            "type": {
+                "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP"}]
+            },
             "requestor": True,
             "who": {"identifier": {"system": "urn:fhirserver:user", "value": uid or "unknown"}},
         }
         if who_user:
             agent["who"]["reference"] = who_user
         if principal is not None:
-            agent["purposeOfUse"] = [{"coding": [{
-                "system": "http://terminology.hl7.org/CodeSystem/v3-ActReason",
-                "code": principal.purpose_of_use}]}]
+            agent["purposeOfUse"] = [
+                {
+                    "coding": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/v3-ActReason",
+                            "code": principal.purpose_of_use,
+                        }
+                    ]
+                }
+            ]
         agents.append(agent)
     cid = (principal.client_id if principal else None) or client_id
     addr = (principal.address if principal else None) or address
@@ -74,11 +82,13 @@ def _agents(principal: Principal | None, user_id: str | None, client_id: str | N
     if addr:
         client["network"] = {"address": addr, "type": "2"}
     agents.append(client)
-    agents.append({
-        "type": {"coding": [{"system": DCM, "code": "110153", "display": "Source Role ID"}]},
-        "requestor": False,
-        "who": {"display": "fhirserver"},
-    })
+    agents.append(
+        {
+            "type": {"coding": [{"system": DCM, "code": "110153", "display": "Source Role ID"}]},
+            "requestor": False,
+            "who": {"display": "fhirserver"},
+        }
+    )
     return agents
 
 
@@ -89,17 +99,28 @@ def _store(session: Session, event: dict[str, Any], patient_ref: str | None) -> 
     event["id"] = rid
     event["meta"] = {"versionId": "1", "lastUpdated": now.isoformat(timespec="milliseconds")}
     body = json.dumps(event, separators=(",", ":")).encode()
-    session.add(ResourceRow(res_type="AuditEvent", res_id=rid, version_id=1, last_updated=now,
-                            deleted=False, content=body, key_id=None))
-    session.add(ResourceVersionRow(res_type="AuditEvent", res_id=rid, version_id=1, last_updated=now,
-                                   deleted=False, method="POST", content=body, key_id=None))
+    session.add(
+        ResourceRow(
+            res_type="AuditEvent", res_id=rid, version_id=1, last_updated=now, deleted=False, content=body, key_id=None
+        )
+    )
+    session.add(
+        ResourceVersionRow(
+            res_type="AuditEvent",
+            res_id=rid,
+            version_id=1,
+            last_updated=now,
+            deleted=False,
+            method="POST",
+            content=body,
+            key_id=None,
+        )
+    )
     session.add(IdxDate(res_type="AuditEvent", res_id=rid, param="date", low=now, high=now))
-    session.add(IdxToken(res_type="AuditEvent", res_id=rid, param="outcome", system=None,
-                         code=event["outcome"]))
+    session.add(IdxToken(res_type="AuditEvent", res_id=rid, param="outcome", system=None, code=event["outcome"]))
     if patient_ref and "/" in patient_ref:
         ptype, pid = patient_ref.split("/", 1)
-        session.add(IdxReference(res_type="AuditEvent", res_id=rid, param="patient",
-                                 target_type=ptype, target_id=pid))
+        session.add(IdxReference(res_type="AuditEvent", res_id=rid, param="patient", target_type=ptype, target_id=pid))
     return rid
 
 
@@ -130,13 +151,23 @@ def rest_event(
     }
     entities: list[dict[str, Any]] = []
     if patient_ref:
-        entities.append({"what": {"reference": patient_ref},
-                         "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role",
-                                  "code": "1", "display": "Patient"}})
+        entities.append(
+            {
+                "what": {"reference": patient_ref},
+                "role": {
+                    "system": "http://terminology.hl7.org/CodeSystem/object-role",
+                    "code": "1",
+                    "display": "Patient",
+                },
+            }
+        )
     if res_type:
         data: dict[str, Any] = {
-            "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "4",
-                     "display": "Domain Resource"},
+            "role": {
+                "system": "http://terminology.hl7.org/CodeSystem/object-role",
+                "code": "4",
+                "display": "Domain Resource",
+            },
         }
         if res_id:
             data["what"] = {"reference": f"{res_type}/{res_id}"}
@@ -149,9 +180,12 @@ def rest_event(
             data["name"] = operation
         entities.append(data)
     if principal and principal.request_id:
-        entities.append({"what": {"identifier": {"system": "urn:fhirserver:request-id",
-                                                 "value": principal.request_id}},
-                         "type": {"system": DCM, "code": "110180"}})
+        entities.append(
+            {
+                "what": {"identifier": {"system": "urn:fhirserver:request-id", "value": principal.request_id}},
+                "type": {"system": DCM, "code": "110180"},
+            }
+        )
     if entities:
         event["entity"] = entities
     return _store(session, event, patient_ref)
@@ -189,7 +223,14 @@ def security_event(
     if description:
         event["outcomeDesc"] = description
     if patient_ref:
-        event["entity"] = [{"what": {"reference": patient_ref},
-                            "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role",
-                                     "code": "1", "display": "Patient"}}]
+        event["entity"] = [
+            {
+                "what": {"reference": patient_ref},
+                "role": {
+                    "system": "http://terminology.hl7.org/CodeSystem/object-role",
+                    "code": "1",
+                    "display": "Patient",
+                },
+            }
+        ]
     return _store(session, event, patient_ref)

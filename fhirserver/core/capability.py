@@ -42,9 +42,14 @@ def _search_params(res_type: str) -> list[dict[str, str]]:
 def _operations(res_type: str) -> list[dict[str, str]]:
     """Each operation with the scope it needs (SMART has no standard place for that: documentation)."""
     found = sorted((name, op) for (rtype, name, _level), op in OPERATIONS.items() if rtype == res_type)
-    return [{"name": n.lstrip("$"),
-             "definition": f"http://fhir-webmail.example/OperationDefinition/{res_type}-{n.lstrip('$')}",
-             "documentation": op.scope_text(res_type)} for n, op in found]
+    return [
+        {
+            "name": n.lstrip("$"),
+            "definition": f"http://fhir-webmail.example/OperationDefinition/{res_type}-{n.lstrip('$')}",
+            "documentation": op.scope_text(res_type),
+        }
+        for n, op in found
+    ]
 
 
 def capabilities(call: Call) -> FhirResponse:
@@ -80,22 +85,33 @@ def capability_statement(settings: Settings) -> dict[str, Any]:
         "implementation": {"description": "FHIR server with secure WebMail", "url": settings.fhir_base},
         "fhirVersion": "4.0.1",
         "format": ["application/fhir+json", "json"],
-        "rest": [{
-            "mode": "server",
-            "security": {
-                # The API sends no CORS headers yet (browser apps are a later issue): say so.
-                "cors": False,
-                "service": [{"coding": [{
-                    "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
-                    "code": "SMART-on-FHIR"}]}],
-                "extension": [{
-                    "url": OAUTH_URIS,
-                    "extension": [
-                        {"url": "authorize", "valueUri": f"{base}/auth/authorize"},
-                        {"url": "token", "valueUri": f"{base}/auth/token"},
+        "rest": [
+            {
+                "mode": "server",
+                "security": {
+                    # The API sends no CORS headers yet (browser apps are a later issue): say so.
+                    "cors": False,
+                    "service": [
+                        {
+                            "coding": [
+                                {
+                                    "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                                    "code": "SMART-on-FHIR",
+                                }
+                            ]
+                        }
                     ],
-                }],
-            },
-            "resource": resources,
-        }],
+                    "extension": [
+                        {
+                            "url": OAUTH_URIS,
+                            "extension": [
+                                {"url": "authorize", "valueUri": f"{base}/auth/authorize"},
+                                {"url": "token", "valueUri": f"{base}/auth/token"},
+                            ],
+                        }
+                    ],
+                },
+                "resource": resources,
+            }
+        ],
     }

@@ -41,8 +41,7 @@ class KeyRing:
         if aead is None:
             raise FhirError(500, "exception", "A stored resource is encrypted under a key that is not configured")
         try:
-            return aead.decrypt(envelope[:NONCE_BYTES], envelope[NONCE_BYTES:],
-                                self._aad(res_type, res_id, version_id))
+            return aead.decrypt(envelope[:NONCE_BYTES], envelope[NONCE_BYTES:], self._aad(res_type, res_id, version_id))
         except InvalidTag as exc:
             raise FhirError(500, "exception", "A stored resource failed its integrity check") from exc
 

@@ -70,8 +70,10 @@ class Operation:
     def scope_text(self, res_type: str) -> str:
         """How the CapabilityStatement and docs/ state the operation's requirement."""
         word = PERMISSION_WORDS[self.permission]
-        return (f"{self.summary} Needs a scope with {word} ('{self.permission}') on {res_type}, "
-                f"e.g. user/{res_type}.{self.permission}; {' or '.join(self.methods)}.")
+        return (
+            f"{self.summary} Needs a scope with {word} ('{self.permission}') on {res_type}, "
+            f"e.g. user/{res_type}.{self.permission}; {' or '.join(self.methods)}."
+        )
 
 
 # (resource type, "$name", "type" | "instance") -> the operation.

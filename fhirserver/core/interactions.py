@@ -104,12 +104,19 @@ def history(call: Call) -> FhirResponse:
         else:
             method = "POST" if v.version_id == 1 else "PUT"
             req = {"method": method, "url": rtype if method == "POST" else f"{rtype}/{rid}"}
-            resp = {"status": "201 Created" if method == "POST" else "200 OK", "etag": v.etag,
-                    "lastModified": instant(v.last_updated)}
-            parts.append(head + b',"resource":' + v.raw + b',"request":' + _j(req)
-                         + b',"response":' + _j(resp) + b"}")
-    body = (b'{"resourceType":"Bundle","type":"history","total":' + str(len(versions)).encode()
-            + b',"entry":' + _entries(parts) + b"}")
+            resp = {
+                "status": "201 Created" if method == "POST" else "200 OK",
+                "etag": v.etag,
+                "lastModified": instant(v.last_updated),
+            }
+            parts.append(head + b',"resource":' + v.raw + b',"request":' + _j(req) + b',"response":' + _j(resp) + b"}")
+    body = (
+        b'{"resourceType":"Bundle","type":"history","total":'
+        + str(len(versions)).encode()
+        + b',"entry":'
+        + _entries(parts)
+        + b"}"
+    )
     return FhirResponse(200, body)
 
 
@@ -125,8 +132,9 @@ def search_params(call: Call) -> list[tuple[str, str]]:
             raise FhirError(415, "not-supported", "POST _search takes application/x-www-form-urlencoded")
         try:
             # errors="strict": a percent-encoded byte that is not UTF-8 is refused, not replaced.
-            params += parse_qsl(call.request.body.decode("utf-8"), keep_blank_values=True, strict_parsing=False,
-                                errors="strict")
+            params += parse_qsl(
+                call.request.body.decode("utf-8"), keep_blank_values=True, strict_parsing=False, errors="strict"
+            )
         except UnicodeDecodeError as exc:
             raise FhirError(400, "invalid", "The search body is not UTF-8") from exc
     return [(k, v) for k, v in params if k not in ("_format", "_pretty")]
@@ -146,16 +154,20 @@ def search(call: Call) -> FhirResponse:
     base = call.request.base_url
     parts = []
     for s in stored:
-        entry = (b'{"fullUrl":"' + f"{base}/{rtype}/{s.res_id}".encode() + b'","resource":' + s.raw
-                 + b',"search":{"mode":"match"}')
+        entry = (
+            b'{"fullUrl":"'
+            + f"{base}/{rtype}/{s.res_id}".encode()
+            + b'","resource":'
+            + s.raw
+            + b',"search":{"mode":"match"}'
+        )
         if s.res_id in extensions:
             entry += b',"extension":' + _j(extensions[s.res_id])
         parts.append(entry + b"}")
     links = [{"relation": "self", "url": f"{base}/{rtype}"}]
     if page.next_cursor:
         links.append({"relation": "next", "url": f"{base}/{rtype}?_cursor={page.next_cursor}"})
-    body = (b'{"resourceType":"Bundle","type":"searchset","link":' + _j(links)
-            + b',"entry":' + _entries(parts) + b"}")
+    body = b'{"resourceType":"Bundle","type":"searchset","link":' + _j(links) + b',"entry":' + _entries(parts) + b"}"
     return FhirResponse(200, body)
 
 

@@ -71,13 +71,13 @@ class PortalAccounts(Protocol):
         """PORTAL_NONE, PORTAL_ACTIVE or PORTAL_DISABLED."""
         ...
 
-    def grant_portal_access(self, session: Session, settings: Settings, *, patient_id: str,
-                            first_name: str) -> PortalCredentials:
+    def grant_portal_access(
+        self, session: Session, settings: Settings, *, patient_id: str, first_name: str
+    ) -> PortalCredentials:
         """Create the account (state none -> active); PortalStateError in any other state."""
         ...
 
-    def reset_portal_password(self, session: Session, settings: Settings, *,
-                              patient_id: str) -> PortalCredentials:
+    def reset_portal_password(self, session: Session, settings: Settings, *, patient_id: str) -> PortalCredentials:
         """New one-time password for an active account; ends its sessions and tokens."""
         ...
 
@@ -93,6 +93,7 @@ def install_portal_accounts(impl: PortalAccounts) -> None:
 
 def portal_accounts() -> PortalAccounts:
     if _portal_accounts is None:
-        raise RuntimeError("no PortalAccounts installed: call fhirserver.core.ports.install_portal_accounts "
-                           "from the composition root")
+        raise RuntimeError(
+            "no PortalAccounts installed: call fhirserver.core.ports.install_portal_accounts from the composition root"
+        )
     return _portal_accounts

@@ -45,7 +45,7 @@ def parse_etag(value: str) -> int:
         v = v[2:]
     v = v.strip('"')
     if not VERSION_RE.fullmatch(v):
-        raise FhirError(400, "invalid", "If-Match must be an ETag like W/\"3\"")
+        raise FhirError(400, "invalid", 'If-Match must be an ETag like W/"3"')
     return int(v)
 
 
@@ -104,8 +104,7 @@ class Repository:
         if not re.fullmatch(r"[0-9]+", version_id):
             raise FhirError(400, "invalid", "The version id must be a number")
         # More digits than any stored version (and than the integer column holds) is simply absent.
-        row = None if len(version_id) > 9 else self.session.get(ResourceVersionRow,
-                                                                  (res_type, res_id, int(version_id)))
+        row = None if len(version_id) > 9 else self.session.get(ResourceVersionRow, (res_type, res_id, int(version_id)))
         if row is None:
             raise FhirError(404, "not-found", f"{res_type}/{res_id} has no version {version_id}")
         if row.deleted:
@@ -137,8 +136,7 @@ class Repository:
 
     # -- writing -----------------------------------------------------------------------
     def _context(self, res_type: str, res_id: str, data: dict[str, Any], old: dict[str, Any] | None) -> WriteContext:
-        return WriteContext(self.session, self.settings, self.principal, res_type, res_id, data, old,
-                            self.read_any)
+        return WriteContext(self.session, self.settings, self.principal, res_type, res_id, data, old, self.read_any)
 
     def _store(self, ctx: WriteContext, version_id: int, method: str, row: ResourceRow | None) -> Stored:
         from fhirserver.search.indexing import write_index
@@ -160,9 +158,18 @@ class Repository:
             self.session.add(row)
         row.version_id, row.last_updated, row.deleted = version_id, now, False
         row.content, row.key_id = content, key_id
-        self.session.add(ResourceVersionRow(res_type=ctx.res_type, res_id=ctx.res_id, version_id=version_id,
-                                            last_updated=now, deleted=False, method=method,
-                                            content=content, key_id=key_id))
+        self.session.add(
+            ResourceVersionRow(
+                res_type=ctx.res_type,
+                res_id=ctx.res_id,
+                version_id=version_id,
+                last_updated=now,
+                deleted=False,
+                method=method,
+                content=content,
+                key_id=key_id,
+            )
+        )
         self.session.flush()
         # Index from the plaintext dict: encrypted elements have no search parameter.
         write_index(self.session, ctx.res_type, ctx.res_id, data, server_base=self.settings.fhir_base)
@@ -188,8 +195,9 @@ class Repository:
         self._run(AFTER_WRITE, ctx)
         return ctx.stored
 
-    def update(self, res_type: str, res_id: str, body: bytes | str | dict[str, Any],
-               if_match: str | None = None) -> tuple[Stored, bool]:
+    def update(
+        self, res_type: str, res_id: str, body: bytes | str | dict[str, Any], if_match: str | None = None
+    ) -> tuple[Stored, bool]:
         check_type(res_type)
         check_id(res_id)
         if res_type in NON_UPDATABLE:
@@ -234,9 +242,18 @@ class Repository:
         now = now_utc()
         row.version_id += 1
         row.deleted, row.last_updated, row.content, row.key_id = True, now, None, None
-        self.session.add(ResourceVersionRow(res_type=res_type, res_id=res_id, version_id=row.version_id,
-                                            last_updated=now, deleted=True, method="DELETE",
-                                            content=None, key_id=None))
+        self.session.add(
+            ResourceVersionRow(
+                res_type=res_type,
+                res_id=res_id,
+                version_id=row.version_id,
+                last_updated=now,
+                deleted=True,
+                method="DELETE",
+                content=None,
+                key_id=None,
+            )
+        )
         # The index rows stay (search skips deleted rows): they still tell who may see the
         # deletion, so a read answers 410 inside the grant and 404 outside it.
         self.session.flush()

@@ -113,8 +113,9 @@ def dispatch(req: FhirRequest, session: Session, settings: Settings, principal: 
         if principal is None:
             if name != "capabilities":
                 raise FhirError(401, "login", "Authentication is required")
-            return handler(Call(req, session, settings, _anonymous(), params, name,
-                                Repository(session, settings, _anonymous())))
+            return handler(
+                Call(req, session, settings, _anonymous(), params, name, Repository(session, settings, _anonymous()))
+            )
     except FhirError as exc:
         return error_response(exc)
     call = Call(req, session, settings, principal, params, name, Repository(session, settings, principal))

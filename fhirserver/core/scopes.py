@@ -74,8 +74,7 @@ class ScopeSet:
 
     def allows(self, resource_type: str, permission: str, context: str | None = None) -> bool:
         return any(
-            rs.covers(resource_type, permission) and (context is None or rs.context == context)
-            for rs in self.resources
+            rs.covers(resource_type, permission) and (context is None or rs.context == context) for rs in self.resources
         )
 
     def contexts_for(self, resource_type: str, permission: str) -> set[str]:

@@ -32,8 +32,7 @@ MAX_DEPTH = 64
 # Required bindings the R4B models do not enforce: (type, element path) -> allowed codes.
 REQUIRED_CODES: dict[tuple[str, str], frozenset[str]] = {
     ("Communication", "status"): frozenset(
-        {"preparation", "in-progress", "not-done", "on-hold", "stopped", "completed",
-         "entered-in-error", "unknown"}
+        {"preparation", "in-progress", "not-done", "on-hold", "stopped", "completed", "entered-in-error", "unknown"}
     ),
     ("Communication", "priority"): frozenset({"routine", "urgent", "asap", "stat"}),
     ("Patient", "gender"): frozenset({"male", "female", "other", "unknown"}),
@@ -83,14 +82,15 @@ def _check_tree(data: dict[str, Any]) -> None:
         node, depth, path = stack.pop()
         if depth > MAX_DEPTH:
             raise FhirError(400, "structure", f"The JSON is nested more than {MAX_DEPTH} levels deep")
-        pairs: list[tuple[str | None, Any]] = list(node.items()) if isinstance(node, dict) else [
-            (None, v) for v in node
-        ]
+        pairs: list[tuple[str | None, Any]] = (
+            list(node.items()) if isinstance(node, dict) else [(None, v) for v in node]
+        )
         for index, (key, value) in enumerate(pairs):
             where = _child(path, key) if key is not None else f"{path}[{index}]"
             if key is not None and "\x00" in key:
-                raise FhirError(400, "structure", "Element names must not contain NUL characters",
-                                [path] if path else None)
+                raise FhirError(
+                    400, "structure", "Element names must not contain NUL characters", [path] if path else None
+                )
             if value is None and key is not None:
                 raise FhirError(400, "structure", "null is not a valid value: omit the element instead", [where])
             if isinstance(value, dict | list):
@@ -211,7 +211,8 @@ def validate_resource(res_type: str, data: dict[str, Any]) -> None:
     for (rtype, path), allowed in REQUIRED_CODES.items():
         value = data.get(path)
         if rtype == res_type and path in data and not (isinstance(value, str) and value in allowed):
-            issues.append(Issue("code-invalid", f"{path} has a code outside its required value set",
-                                [f"{res_type}.{path}"]))
+            issues.append(
+                Issue("code-invalid", f"{path} has a code outside its required value set", [f"{res_type}.{path}"])
+            )
     if issues:
         raise FhirError(400, "invalid", issues[0].diagnostics, issues=issues)

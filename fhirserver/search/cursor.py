@@ -25,8 +25,7 @@ _B64URL = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 def invalid_cursor() -> FhirError:
-    return FhirError(400, "invalid", "The _cursor is not valid for this search; start the search again",
-                     ["_cursor"])
+    return FhirError(400, "invalid", "The _cursor is not valid for this search; start the search again", ["_cursor"])
 
 
 def seal_cursor(key: bytes, res_type: str, state: dict[str, Any]) -> str:

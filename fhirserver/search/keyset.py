@@ -64,8 +64,9 @@ def after(terms: list[OrderTerm], values: tuple[Any, ...]) -> ColumnElement[bool
         v = vals[i]
         if v is None:
             continue  # no row is strictly after a missing value within the same flag group
-        equal_before = [e.is_(None) if pv is None else e == pv for (e, _, _), pv in zip(comps[:i], vals[:i],
-                                                                                        strict=True)]
+        equal_before = [
+            e.is_(None) if pv is None else e == pv for (e, _, _), pv in zip(comps[:i], vals[:i], strict=True)
+        ]
         beyond = expr < v if desc else expr > v
         branches.append(and_(*equal_before, beyond))
     return or_(*branches) if branches else false()

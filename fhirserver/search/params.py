@@ -45,8 +45,15 @@ LAST_UPDATED = SearchParam("_lastUpdated", "date", (), column="last_updated")
 COMMON: dict[str, SearchParam] = {p.name: p for p in (ID, LAST_UPDATED)}
 
 HUMAN_NAME = tuple(f"name.{part}" for part in ("family", "given", "text", "prefix", "suffix"))
-SENDER_TYPES = ("Device", "Organization", "Patient", "Practitioner", "PractitionerRole", "RelatedPerson",
-                "HealthcareService")
+SENDER_TYPES = (
+    "Device",
+    "Organization",
+    "Patient",
+    "Practitioner",
+    "PractitionerRole",
+    "RelatedPerson",
+    "HealthcareService",
+)
 RECIPIENT_TYPES = (*SENDER_TYPES, "Group", "CareTeam")
 
 
@@ -62,8 +69,12 @@ REGISTRY: dict[str, dict[str, SearchParam]] = {
         SearchParam("birthdate", "date", ("birthDate",)),
         SearchParam("email", "token", ("telecom(system=email).value",)),
         SearchParam("identifier", "token", ("identifier",)),
-        SearchParam("general-practitioner", "reference", ("generalPractitioner",),
-                    ("Organization", "Practitioner", "PractitionerRole")),
+        SearchParam(
+            "general-practitioner",
+            "reference",
+            ("generalPractitioner",),
+            ("Organization", "Practitioner", "PractitionerRole"),
+        ),
     ),
     "Practitioner": _table(
         SearchParam("name", "string", HUMAN_NAME),

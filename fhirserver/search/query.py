@@ -92,14 +92,14 @@ class SearchPage:
 
 # -- parsing ----------------------------------------------------------------------------
 
+
 def _shown(name: str) -> str:
     """The parameter name for a diagnostic, or a neutral phrase if it is not name-shaped."""
     return f"'{name}'" if _NAME_RE.match(name) else "(unnamed)"
 
 
 def _bad(name: str, problem: str, code: str = "invalid") -> FhirError:
-    return FhirError(400, code, f"Search parameter {_shown(name)}: {problem}", [name] if _NAME_RE.match(name)
-                     else None)
+    return FhirError(400, code, f"Search parameter {_shown(name)}: {problem}", [name] if _NAME_RE.match(name) else None)
 
 
 def _parse_count(value: str, max_count: int) -> int:
@@ -132,8 +132,7 @@ def _lookup(res_type: str, name: str) -> tuple[SearchParam, str | None]:
     base, _, modifier = name.partition(":")
     param = params_for(res_type).get(base)
     if param is None:
-        raise FhirError(400, "not-supported", f"Unknown search parameter {_shown(base)} for this resource type",
-                        [base])
+        raise FhirError(400, "not-supported", f"Unknown search parameter {_shown(base)} for this resource type", [base])
     return param, modifier or None
 
 
@@ -168,8 +167,16 @@ def _parse_clause(res_type: str, name: str, value: str, ctx: Context) -> Clause 
     return Clause(param, modifier, values)
 
 
-def _build(res_type: str, params: Sequence[tuple[str, str]], *, cursor_key: bytes, count: int | None,
-           max_count: int, default_count: int, ctx: Context) -> SearchRequest:
+def _build(
+    res_type: str,
+    params: Sequence[tuple[str, str]],
+    *,
+    cursor_key: bytes,
+    count: int | None,
+    max_count: int,
+    default_count: int,
+    ctx: Context,
+) -> SearchRequest:
     if len(params) > MAX_PARAMS:
         raise FhirError(400, "invalid", f"A search takes at most {MAX_PARAMS} parameters")
     clauses: list[Clause] = []
@@ -191,8 +198,15 @@ def _build(res_type: str, params: Sequence[tuple[str, str]], *, cursor_key: byte
                 clauses.append(clause)
                 kept.append((name, value))
     assert ctx.now is not None
-    return SearchRequest(res_type, tuple(clauses), sort or (SortKey(LAST_UPDATED, True),),
-                         default_count if count is None else count, ctx.now, tuple(kept), cursor_key)
+    return SearchRequest(
+        res_type,
+        tuple(clauses),
+        sort or (SortKey(LAST_UPDATED, True),),
+        default_count if count is None else count,
+        ctx.now,
+        tuple(kept),
+        cursor_key,
+    )
 
 
 def parse_search(
@@ -214,15 +228,16 @@ def parse_search(
     params = [(n, v) for n, v in params if n not in IGNORED]
     if any(n == "_cursor" for n, _ in params):
         if len(params) != 1:
-            raise FhirError(400, "invalid", "_cursor cannot be combined with other search parameters",
-                            ["_cursor"])
+            raise FhirError(400, "invalid", "_cursor cannot be combined with other search parameters", ["_cursor"])
         return _from_cursor(res_type, params[0][1], cursor_key, server_base)
     ctx = Context(server_base, now or datetime.now(UTC))
-    return _build(res_type, params, cursor_key=cursor_key, count=None, max_count=max_count,
-                  default_count=default_count, ctx=ctx)
+    return _build(
+        res_type, params, cursor_key=cursor_key, count=None, max_count=max_count, default_count=default_count, ctx=ctx
+    )
 
 
 # -- cursors ----------------------------------------------------------------------------
+
 
 def _is_datetime_key(param: SearchParam) -> bool:
     return param.type == "date"
@@ -257,8 +272,15 @@ def _from_cursor(res_type: str, token: str, cursor_key: bytes, server_base: str 
         now = datetime.fromisoformat(state["n"])
     except (KeyError, TypeError, ValueError) as exc:
         raise invalid_cursor() from exc
-    req = _build(res_type, params, cursor_key=cursor_key, count=count, max_count=count,
-                 default_count=count, ctx=Context(server_base, now))
+    req = _build(
+        res_type,
+        params,
+        cursor_key=cursor_key,
+        count=count,
+        max_count=count,
+        default_count=count,
+        ctx=Context(server_base, now),
+    )
     try:
         after = _decode_position(req, state.get("k"))
     except ValueError as exc:
@@ -267,12 +289,17 @@ def _from_cursor(res_type: str, token: str, cursor_key: bytes, server_base: str 
 
 
 def next_cursor(req: SearchRequest, position: tuple[Any, ...]) -> str:
-    state = {"p": [list(p) for p in req.params], "c": req.count, "n": req.now.isoformat(),
-             "k": [_encode_value(v) for v in position]}
+    state = {
+        "p": [list(p) for p in req.params],
+        "c": req.count,
+        "n": req.now.isoformat(),
+        "k": [_encode_value(v) for v in position],
+    }
     return seal_cursor(req.cursor_key, req.res_type, state)
 
 
 # -- SQL ----------------------------------------------------------------------------------
+
 
 def _utc(value: datetime) -> datetime:
     """SQLite hands back naive datetimes (stored as UTC); PostgreSQL aware ones."""
@@ -324,12 +351,7 @@ def _sort_expr(res_type: str, key: SortKey) -> keyset.OrderTerm:
     if param.column is not None:
         return keyset.OrderTerm(getattr(ResourceRow, param.column), key.descending)
     bound = func.max(IdxDate.high) if key.descending else func.min(IdxDate.low)
-    expr = (
-        select(bound)
-        .where(*_probe(IdxDate, res_type, param))
-        .correlate(ResourceRow)
-        .scalar_subquery()
-    )
+    expr = select(bound).where(*_probe(IdxDate, res_type, param)).correlate(ResourceRow).scalar_subquery()
     return keyset.OrderTerm(expr, key.descending, nullable=True)
 
 

@@ -126,8 +126,17 @@ def create_fhir_blueprint(tokens: TokenAuthority) -> Blueprint:
 
 def _outcome_for(exc: HTTPException) -> Response:
     code = exc.code or 500
-    issue = ("too-costly" if code in (413, 414, 431) else "not-supported" if code in (405, 415)
-             else "not-found" if code == 404 else "exception" if code >= 500 else "invalid")
+    issue = (
+        "too-costly"
+        if code in (413, 414, 431)
+        else "not-supported"
+        if code in (405, 415)
+        else "not-found"
+        if code == 404
+        else "exception"
+        if code >= 500
+        else "invalid"
+    )
     # Werkzeug's descriptions are fixed texts; they never quote the request.
     err = FhirError(code, issue, exc.name if code >= 500 else (exc.description or exc.name))
     response = _to_flask(error_response(err), uuid.uuid4().hex)

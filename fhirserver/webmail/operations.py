@@ -80,13 +80,15 @@ def unread_count(call: Call) -> FhirResponse:
 def read_state_extensions(call: Call, ids: list[str]) -> dict[str, list[dict[str, Any]]]:
     receipts = read_state.read_receipts(call.session, call.principal.user_id, ids)
     return {
-        i: [{
-            "url": profile.READ_STATE_URL,
-            "extension": [
-                {"url": "readByMe", "valueBoolean": mine},
-                {"url": "readByRecipient", "valueBoolean": theirs},
-            ],
-        }]
+        i: [
+            {
+                "url": profile.READ_STATE_URL,
+                "extension": [
+                    {"url": "readByMe", "valueBoolean": mine},
+                    {"url": "readByRecipient", "valueBoolean": theirs},
+                ],
+            }
+        ]
         for i, (mine, theirs) in receipts.items()
     }
 
@@ -105,16 +107,19 @@ def _portal_patient(call: Call) -> dict[str, Any]:
 
 
 def _credentials(call: Call, creds: ports.PortalCredentials) -> FhirResponse:
-    return FhirResponse.json(200, _parameters(
-        {"name": "username", "valueString": creds.username},
-        {"name": "password", "valueString": creds.password},
-        {"name": "portalUrl", "valueUrl": f"{call.settings.base_url}/portal/"},
-    ))
+    return FhirResponse.json(
+        200,
+        _parameters(
+            {"name": "username", "valueString": creds.username},
+            {"name": "password", "valueString": creds.password},
+            {"name": "portalUrl", "valueUrl": f"{call.settings.base_url}/portal/"},
+        ),
+    )
 
 
 STATE_CONFLICT = {
     ports.PORTAL_ACTIVE: "The patient already has an active portal account; use $reset-portal-password to "
-                         "issue a new one-time password",
+    "issue a new one-time password",
     ports.PORTAL_DISABLED: "The patient's portal account is disabled; an administrator must enable it first",
     ports.PORTAL_NONE: "The patient has no portal account; use $grant-portal-access first",
 }
@@ -136,16 +141,22 @@ def grant_portal_access(call: Call) -> FhirResponse:
     patient = _portal_patient(call)
     missing = profile.missing_demographics(patient)
     if missing:
-        issues = [Issue("required", f"Portal access needs the patient's {label}", [path])
-                  for label, path in missing]
+        issues = [Issue("required", f"Portal access needs the patient's {label}", [path]) for label, path in missing]
         raise FhirError(422, "business-rule", issues[0].diagnostics, issues=issues)
     try:
         creds = ports.portal_accounts().grant_portal_access(
-            call.session, call.settings, patient_id=patient["id"], first_name=profile.first_name(patient))
+            call.session, call.settings, patient_id=patient["id"], first_name=profile.first_name(patient)
+        )
     except ports.PortalStateError as exc:
         raise _conflict(exc) from None
-    audit.security_event(call.session, subtype="portal-access-granted", outcome="0", principal=call.principal,
-                         description="portal access granted", patient_ref=call.patient_ref)
+    audit.security_event(
+        call.session,
+        subtype="portal-access-granted",
+        outcome="0",
+        principal=call.principal,
+        description="portal access granted",
+        patient_ref=call.patient_ref,
+    )
     return _credentials(call, creds)
 
 
@@ -158,13 +169,22 @@ def reset_portal_password(call: Call) -> FhirResponse:
     _no_parameters(call)
     patient = _portal_patient(call)
     try:
-        creds = ports.portal_accounts().reset_portal_password(call.session, call.settings,
-                                                              patient_id=patient["id"])
+        creds = ports.portal_accounts().reset_portal_password(call.session, call.settings, patient_id=patient["id"])
     except ports.PortalStateError as exc:
         raise _conflict(exc) from None
-    event_id = audit.security_event(call.session, subtype="portal-password-reset", outcome="0",
-                                    principal=call.principal, description="portal password reset",
-                                    patient_ref=call.patient_ref)
-    outbox.queue_notice(call.session, call.settings, kind=PASSWORD_RESET_KIND, subject_id=event_id,
-                        recipient_ref=f"Patient/{patient['id']}")
+    event_id = audit.security_event(
+        call.session,
+        subtype="portal-password-reset",
+        outcome="0",
+        principal=call.principal,
+        description="portal password reset",
+        patient_ref=call.patient_ref,
+    )
+    outbox.queue_notice(
+        call.session,
+        call.settings,
+        kind=PASSWORD_RESET_KIND,
+        subject_id=event_id,
+        recipient_ref=f"Patient/{patient['id']}",
+    )
     return _credentials(call, creds)

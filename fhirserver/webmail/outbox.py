@@ -31,8 +31,7 @@ def queue_notice(session: Session, settings: Settings, *, kind: str, subject_id:
         attempts=0,
         created_at=datetime.now(UTC),
         # Stable per (kind, subject, recipient): every retry sends the same Message-ID.
-        message_id=message_id_for(subject_id, recipient_ref, settings.mail_from, secret=settings.secret_key,
-                                  kind=kind),
+        message_id=message_id_for(subject_id, recipient_ref, settings.mail_from, secret=settings.secret_key, kind=kind),
     )
     session.add(row)
     session.flush()
@@ -47,5 +46,4 @@ def after_communication(ctx: WriteContext) -> None:
         return
     for ref in dict.fromkeys(refs(ctx.data, "recipient")):
         if ref.startswith("Patient/"):
-            queue_notice(ctx.session, ctx.settings, kind=profile.NOTIFY_KIND, subject_id=ctx.res_id,
-                         recipient_ref=ref)
+            queue_notice(ctx.session, ctx.settings, kind=profile.NOTIFY_KIND, subject_id=ctx.res_id, recipient_ref=ref)

@@ -17,14 +17,18 @@ from fhirserver.webmail import profile
 
 def mark_read(session: Session, communication_id: str, user_id: str, reader_ref: str) -> None:
     if session.get(ReadState, (communication_id, user_id)) is None:
-        session.add(ReadState(communication_id=communication_id, user_id=user_id, reader_ref=reader_ref,
-                              read_at=datetime.now(UTC)))
+        session.add(
+            ReadState(
+                communication_id=communication_id, user_id=user_id, reader_ref=reader_ref, read_at=datetime.now(UTC)
+            )
+        )
         session.flush()
 
 
 def mark_unread(session: Session, communication_id: str, user_id: str) -> None:
-    session.execute(delete(ReadState).where(ReadState.communication_id == communication_id,
-                                            ReadState.user_id == user_id))
+    session.execute(
+        delete(ReadState).where(ReadState.communication_id == communication_id, ReadState.user_id == user_id)
+    )
 
 
 def unread_query(user_id: str, recipient_refs: list[str]) -> Select[tuple[int]]:
@@ -42,35 +46,40 @@ def unread_query(user_id: str, recipient_refs: list[str]) -> Select[tuple[int]]:
     recipient_match = [
         and_(IdxReference.target_type == t, IdxReference.target_id.in_(ids)) for t, ids in by_type.items()
     ]
-    return (
-        select(func.count(func.distinct(IdxReference.res_id)))
-        .where(
-            IdxReference.res_type == "Communication",
-            IdxReference.param == "recipient",
-            or_(*recipient_match),
-            exists(select(ResourceRow.res_id).where(
+    return select(func.count(func.distinct(IdxReference.res_id))).where(
+        IdxReference.res_type == "Communication",
+        IdxReference.param == "recipient",
+        or_(*recipient_match),
+        exists(
+            select(ResourceRow.res_id).where(
                 ResourceRow.res_type == "Communication",
                 ResourceRow.res_id == IdxReference.res_id,
                 ResourceRow.deleted.is_(False),
-            )),
-            exists(select(IdxToken.pk).where(
+            )
+        ),
+        exists(
+            select(IdxToken.pk).where(
                 IdxToken.res_type == "Communication",
                 IdxToken.res_id == IdxReference.res_id,
                 (IdxToken.param + "") == "category",
                 IdxToken.code == profile.CATEGORY_CODE,
                 IdxToken.system == profile.CATEGORY_SYSTEM,
-            )),
-            exists(select(IdxToken.pk).where(
+            )
+        ),
+        exists(
+            select(IdxToken.pk).where(
                 IdxToken.res_type == "Communication",
                 IdxToken.res_id == IdxReference.res_id,
                 (IdxToken.param + "") == "status",
                 IdxToken.code == "completed",
-            )),
-            ~exists(select(ReadState.user_id).where(
+            )
+        ),
+        ~exists(
+            select(ReadState.user_id).where(
                 ReadState.communication_id == IdxReference.res_id,
                 ReadState.user_id == user_id,
-            )),
-        )
+            )
+        ),
     )
 
 
@@ -87,17 +96,26 @@ def read_receipts(session: Session, user_id: str | None, ids: list[str]) -> dict
         return {}
     mine: set[str] = set()
     if user_id:
-        mine = set(session.execute(select(ReadState.communication_id).where(
-            ReadState.communication_id.in_(ids), ReadState.user_id == user_id)).scalars())
-    by_recipient = set(session.execute(
-        select(ReadState.communication_id).join(
-            IdxReference,
-            and_(
-                IdxReference.res_type == "Communication",
-                IdxReference.res_id == ReadState.communication_id,
-                IdxReference.param == "recipient",
-                IdxReference.target_type + "/" + IdxReference.target_id == ReadState.reader_ref,
-            ),
-        ).where(ReadState.communication_id.in_(ids))
-    ).scalars())
+        mine = set(
+            session.execute(
+                select(ReadState.communication_id).where(
+                    ReadState.communication_id.in_(ids), ReadState.user_id == user_id
+                )
+            ).scalars()
+        )
+    by_recipient = set(
+        session.execute(
+            select(ReadState.communication_id)
+            .join(
+                IdxReference,
+                and_(
+                    IdxReference.res_type == "Communication",
+                    IdxReference.res_id == ReadState.communication_id,
+                    IdxReference.param == "recipient",
+                    IdxReference.target_type + "/" + IdxReference.target_id == ReadState.reader_ref,
+                ),
+            )
+            .where(ReadState.communication_id.in_(ids))
+        ).scalars()
+    )
     return {i: (i in mine, i in by_recipient) for i in ids}

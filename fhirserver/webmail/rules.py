@@ -70,8 +70,7 @@ def _from_patient(ctx: WriteContext, sender: str, recipients: list[str]) -> None
     primary = set(refs(me, "generalPractitioner"))
     for r in recipients:
         if r not in primary:
-            raise business_rule("A patient may write only to their primary provider(s)",
-                                ["Communication.recipient"])
+            raise business_rule("A patient may write only to their primary provider(s)", ["Communication.recipient"])
 
 
 def _from_practitioner(ctx: WriteContext, sender: str, recipients: list[str]) -> None:
@@ -104,8 +103,9 @@ def _check_reachable(ctx: WriteContext, ref: str) -> None:
     patient = _patient(ctx, ref, "Communication.recipient")
     missing = []
     if not profile.telecom(patient, "email"):
-        missing.append(Issue("business-rule", "The patient has no email address",
-                             ["Patient.telecom.where(system='email')"]))
+        missing.append(
+            Issue("business-rule", "The patient has no email address", ["Patient.telecom.where(system='email')"])
+        )
     if ports.portal_accounts().portal_state(ctx.session, split_ref(ref)[1]) != ports.PORTAL_ACTIVE:
         missing.append(Issue("business-rule", "The patient has no portal access", ["Patient"]))
     if missing:
@@ -157,11 +157,14 @@ def before_patient(ctx: WriteContext) -> None:
     """A provider-contact record needs full demographics and the sender as primary provider."""
     if not profile.is_provider_contact(ctx.data):
         return
-    issues = [Issue("required", f"A provider contact needs a {label}", [path])
-              for label, path in profile.missing_demographics(ctx.data)]
+    issues = [
+        Issue("required", f"A provider contact needs a {label}", [path])
+        for label, path in profile.missing_demographics(ctx.data)
+    ]
     me = ctx.principal.fhir_user
     if not ctx.principal.is_system and (not me or me not in refs(ctx.data, "generalPractitioner")):
-        issues.append(Issue("required", "The sending provider must be the primary provider",
-                            ["Patient.generalPractitioner"]))
+        issues.append(
+            Issue("required", "The sending provider must be the primary provider", ["Patient.generalPractitioner"])
+        )
     if issues:
         raise FhirError(422, "business-rule", issues[0].diagnostics, issues=issues)

@@ -116,12 +116,14 @@ def csrf_from(html: bytes | str) -> str:
 def login(web: Any, username: str, password: str = PASSWORD) -> Any:
     """GET the login form, POST it with its CSRF token; returns the POST response (not followed)."""
     page = web.get("/auth/login")
-    return web.post("/auth/login", data={"csrf_token": csrf_from(page.data), "username": username,
-                                         "password": password})
+    return web.post(
+        "/auth/login", data={"csrf_token": csrf_from(page.data), "username": username, "password": password}
+    )
 
 
-def authorize_params(settings: Settings, app: RegisteredApp, scope: str, challenge: str | None,
-                     state: str = "state-123", **over: Any) -> dict[str, str]:
+def authorize_params(
+    settings: Settings, app: RegisteredApp, scope: str, challenge: str | None, state: str = "state-123", **over: Any
+) -> dict[str, str]:
     params: dict[str, Any] = {
         "response_type": "code",
         "client_id": app.client_id,
@@ -140,8 +142,15 @@ def query_of(location: str) -> dict[str, str]:
     return {k: v[0] for k, v in parse_qs(urlsplit(location).query).items()}
 
 
-def get_code(web: Any, settings: Settings, app: RegisteredApp, username: str, scope: str,
-             verifier_challenge: tuple[str, str] | None = None, logged_in: bool = False) -> tuple[str, str]:
+def get_code(
+    web: Any,
+    settings: Settings,
+    app: RegisteredApp,
+    username: str,
+    scope: str,
+    verifier_challenge: tuple[str, str] | None = None,
+    logged_in: bool = False,
+) -> tuple[str, str]:
     """Run authorize → login → (first-party) code. Returns (code, verifier)."""
     verifier, challenge = verifier_challenge or pkce_pair()
     r = web.get("/auth/authorize", query_string=authorize_params(settings, app, scope, challenge))
@@ -165,8 +174,7 @@ def basic_auth(app: RegisteredApp) -> dict[str, str]:
     return {"Authorization": f"Basic {token}"}
 
 
-def exchange(web: Any, app: RegisteredApp, code: str, verifier: str | None, *, basic: bool = True,
-             **extra: Any) -> Any:
+def exchange(web: Any, app: RegisteredApp, code: str, verifier: str | None, *, basic: bool = True, **extra: Any) -> Any:
     data: dict[str, Any] = {"grant_type": "authorization_code", "code": code, "redirect_uri": app.redirect_uri}
     if verifier is not None:
         data["code_verifier"] = verifier

@@ -18,15 +18,20 @@ from tests.support import uid
 
 def test_create_user_lowercases_and_refuses_duplicates(db_session, settings) -> None:
     name = f"MixedCase{uid()}"
-    user = accounts.create_user(db_session, username=name, password=PASSWORD, role="provider",
-                                settings=settings, fhir_user=f"Practitioner/{uid()}")
+    user = accounts.create_user(
+        db_session,
+        username=name,
+        password=PASSWORD,
+        role="provider",
+        settings=settings,
+        fhir_user=f"Practitioner/{uid()}",
+    )
     db_session.commit()
     assert user.username == name.lower()
     assert accounts.find_by_username(db_session, name.upper()).id == user.id
     assert user.password_hash.startswith("$argon2id$") and PASSWORD not in user.password_hash
     with pytest.raises(AccountError, match="taken"):
-        accounts.create_user(db_session, username=name.upper(), password=PASSWORD, role="provider",
-                             settings=settings)
+        accounts.create_user(db_session, username=name.upper(), password=PASSWORD, role="provider", settings=settings)
 
 
 @pytest.mark.parametrize(

@@ -37,6 +37,7 @@ def _signed_in(web, user):
 
 # --- the authorize request ------------------------------------------------------------------
 
+
 def test_full_flow_public_client(web, db_session, settings, patient) -> None:
     client_app = make_client(db_session)
     code, verifier = get_code(web, settings, client_app, patient.username, PATIENT_SCOPE)
@@ -88,9 +89,17 @@ def test_wrong_redirect_uri_shows_a_page_and_never_redirects(web, db_session, se
 
 
 def test_unknown_client_shows_a_page(web, settings) -> None:
-    r = web.get("/auth/authorize", query_string={"response_type": "code", "client_id": "no-such-app",
-                                                 "redirect_uri": "https://x.example/cb", "scope": "openid",
-                                                 "state": "s", "aud": settings.fhir_base})
+    r = web.get(
+        "/auth/authorize",
+        query_string={
+            "response_type": "code",
+            "client_id": "no-such-app",
+            "redirect_uri": "https://x.example/cb",
+            "scope": "openid",
+            "state": "s",
+            "aud": settings.fhir_base,
+        },
+    )
     assert r.status_code == 400 and "Location" not in r.headers
 
 
@@ -166,6 +175,7 @@ def test_nothing_grantable_is_invalid_scope(web, db_session, settings, patient) 
 
 # --- the token request ----------------------------------------------------------------------
 
+
 def test_wrong_verifier_missing_verifier_and_plain_verifier(web, db_session, settings, patient) -> None:
     client_app = make_client(db_session)
     verifier, challenge = pkce_pair()
@@ -196,8 +206,11 @@ def test_code_expires_after_60_seconds(web, db_session, settings, patient) -> No
     row = db_session.get(AuthorizationCode, sha256_hex(code))
     assert row is not None and code not in (row.code_hash, row.redirect_uri)
     assert (row.expires_at.replace(tzinfo=None) - utcnow().replace(tzinfo=None)) <= timedelta(seconds=60)
-    db_session.execute(update(AuthorizationCode).where(AuthorizationCode.code_hash == sha256_hex(code))
-                       .values(expires_at=utcnow() - timedelta(seconds=1)))
+    db_session.execute(
+        update(AuthorizationCode)
+        .where(AuthorizationCode.code_hash == sha256_hex(code))
+        .values(expires_at=utcnow() - timedelta(seconds=1))
+    )
     db_session.commit()
     r = exchange(web, client_app, code, verifier)
     assert r.status_code == 400 and r.json["error"] == "invalid_grant"
@@ -253,6 +266,7 @@ def test_client_secret_is_stored_hashed(db_session) -> None:
 
 
 # --- refresh ----------------------------------------------------------------------------------
+
 
 def test_refresh_rotation_narrowing_and_reuse_detection(web, db_session, settings, patient) -> None:
     client_app = make_client(db_session, confidential=True)
@@ -311,8 +325,11 @@ def test_expired_refresh_token_is_refused(web, db_session, settings, patient) ->
     rt = exchange(web, client_app, code, verifier).json["refresh_token"]
     row = db_session.get(RefreshToken, sha256_hex(rt))
     assert row.expires_at.replace(tzinfo=None) > (utcnow() + timedelta(days=89)).replace(tzinfo=None)
-    db_session.execute(update(RefreshToken).where(RefreshToken.token_hash == sha256_hex(rt))
-                       .values(expires_at=utcnow() - timedelta(seconds=1)))
+    db_session.execute(
+        update(RefreshToken)
+        .where(RefreshToken.token_hash == sha256_hex(rt))
+        .values(expires_at=utcnow() - timedelta(seconds=1))
+    )
     db_session.commit()
     assert refresh(web, client_app, rt).status_code == 400
 
@@ -338,14 +355,20 @@ def test_token_issue_is_audited(web, db_session, settings, patient) -> None:
 
 # --- OpenID Connect and online access -------------------------------------------------------------
 
+
 def test_id_token_for_openid_fhiruser(web, db_session, settings, patient) -> None:
     from joserfc import jwt
     from joserfc.jwk import KeySet
 
     client_app = make_client(db_session)
     verifier, challenge = pkce_pair()
-    params = authorize_params(settings, client_app, "openid fhirUser launch/patient patient/Patient.rs offline_access",
-                              challenge, nonce="n-0S6_WzA2Mj")
+    params = authorize_params(
+        settings,
+        client_app,
+        "openid fhirUser launch/patient patient/Patient.rs offline_access",
+        challenge,
+        nonce="n-0S6_WzA2Mj",
+    )
     web.get("/auth/authorize", query_string=params)
     r = web.get(login(web, patient.username).headers["Location"])
     code = query_of(r.headers["Location"])["code"]
@@ -370,8 +393,10 @@ def test_no_id_token_without_openid_and_long_nonce_refused(web, db_session, sett
     code, verifier = get_code(web, settings, client_app, patient.username, PATIENT_SCOPE.replace("openid ", ""))
     assert "id_token" not in exchange(web, client_app, code, verifier).json
     _, challenge = pkce_pair()
-    r = web.get("/auth/authorize", query_string=authorize_params(settings, client_app, PATIENT_SCOPE, challenge,
-                                                                 nonce="n" * 300))
+    r = web.get(
+        "/auth/authorize",
+        query_string=authorize_params(settings, client_app, PATIENT_SCOPE, challenge, nonce="n" * 300),
+    )
     q = query_of(r.headers["Location"])
     assert q["error"] == "invalid_request" and "code" not in q
 
@@ -382,8 +407,9 @@ def test_logout_ends_online_access_but_not_offline_access(web, db_session, setti
     online_app, offline_app = make_client(db_session), make_client(db_session)
     code, verifier = get_code(web, settings, online_app, patient.username, PATIENT_SCOPE + " online_access")
     online = exchange(web, online_app, code, verifier).json["refresh_token"]
-    code, verifier = get_code(web, settings, offline_app, patient.username, PATIENT_SCOPE + " offline_access",
-                              logged_in=True)
+    code, verifier = get_code(
+        web, settings, offline_app, patient.username, PATIENT_SCOPE + " offline_access", logged_in=True
+    )
     offline = exchange(web, offline_app, code, verifier).json["refresh_token"]
     page = web.get("/auth/logout")
     web.post("/auth/logout", data={"csrf_token": csrf_from(page.data)})

@@ -24,14 +24,26 @@ def _basic(raw: bytes) -> dict[str, str]:
         ({"data": {"grant_type": "authorization_code"}}, None, "invalid_client"),
         ({"data": {"grant_type": "authorization_code", "client_id": "nobody", "code": "c"}}, None, "invalid_client"),
         ({"data": {"grant_type": "refresh_token", "client_id": "nobody"}}, None, "invalid_client"),
-        ({"data": {"grant_type": "authorization_code", "code": "c"}, "headers": {"Authorization": "Basic !!!"}},
-         None, "invalid_client"),
-        ({"data": {"grant_type": "authorization_code", "code": "c"}, "headers": _basic(b"no-colon-here")},
-         None, "invalid_client"),
-        ({"data": {"grant_type": "authorization_code", "code": "c"}, "headers": _basic(b"\xff\xfe:\xff")},
-         None, "invalid_client"),
-        ({"data": {"grant_type": "authorization_code", "code": "c"}, "headers": {"Authorization": "Bearer x"}},
-         None, "invalid_client"),
+        (
+            {"data": {"grant_type": "authorization_code", "code": "c"}, "headers": {"Authorization": "Basic !!!"}},
+            None,
+            "invalid_client",
+        ),
+        (
+            {"data": {"grant_type": "authorization_code", "code": "c"}, "headers": _basic(b"no-colon-here")},
+            None,
+            "invalid_client",
+        ),
+        (
+            {"data": {"grant_type": "authorization_code", "code": "c"}, "headers": _basic(b"\xff\xfe:\xff")},
+            None,
+            "invalid_client",
+        ),
+        (
+            {"data": {"grant_type": "authorization_code", "code": "c"}, "headers": {"Authorization": "Bearer x"}},
+            None,
+            "invalid_client",
+        ),
     ],
 )
 def test_token_endpoint_malformed(web, kwargs, status, error) -> None:
@@ -47,14 +59,20 @@ def test_token_endpoint_malformed(web, kwargs, status, error) -> None:
 def test_token_endpoint_bad_values_for_a_real_client(web, db_session) -> None:
     app_ = make_client(db_session)
     base = {"grant_type": "authorization_code", "client_id": app_.client_id, "redirect_uri": app_.redirect_uri}
-    for extra in ({}, {"code": ""}, {"code": "x" * 5000}, {"code": "c", "code_verifier": "short"},
-                  {"code": ["a", "b"]}):
+    for extra in (
+        {},
+        {"code": ""},
+        {"code": "x" * 5000},
+        {"code": "c", "code_verifier": "short"},
+        {"code": ["a", "b"]},
+    ):
         r = web.post("/auth/token", data={**base, **extra})
         assert r.status_code == 400, (extra, r.data)
     r = web.post("/auth/token", data={"grant_type": "refresh_token", "client_id": app_.client_id})
     assert r.status_code == 400 and r.json["error"] == "invalid_request"
-    r = web.post("/auth/token", data={"grant_type": "refresh_token", "client_id": app_.client_id,
-                                      "refresh_token": "r" * 5000})
+    r = web.post(
+        "/auth/token", data={"grant_type": "refresh_token", "client_id": app_.client_id, "refresh_token": "r" * 5000}
+    )
     assert r.status_code == 400
 
 
@@ -103,16 +121,24 @@ def test_pages_without_a_pending_request_or_login(web, db_session, settings) -> 
 def test_login_and_password_forms_malformed(web, db_session, settings) -> None:
     page = web.get("/auth/login")
     token = csrf_from(page.data)
-    for data in ({}, {"username": ""}, {"password": "x"}, {"username": "u" * 5000, "password": "p" * 5000},
-                 {"username": ["a", "b"], "password": "x"}):
+    for data in (
+        {},
+        {"username": ""},
+        {"password": "x"},
+        {"username": "u" * 5000, "password": "p" * 5000},
+        {"username": ["a", "b"], "password": "x"},
+    ):
         r = web.post("/auth/login", data={"csrf_token": token, **data})
         assert r.status_code == 400, data
     user = make_user(db_session, settings)
     login(web, user.username)
     page = web.get("/auth/password")
     token = csrf_from(page.data)
-    for data in ({}, {"current_password": "x"}, {"new_password": "y" * 5000, "confirm_password": "y" * 5000,
-                                                 "current_password": "z"}):
+    for data in (
+        {},
+        {"current_password": "x"},
+        {"new_password": "y" * 5000, "confirm_password": "y" * 5000, "current_password": "z"},
+    ):
         r = web.post("/auth/password", data={"csrf_token": token, **data})
         assert r.status_code == 400, data
     assert web.post("/auth/jwks").status_code == 405
@@ -122,8 +148,12 @@ def test_login_and_password_forms_malformed(web, db_session, settings) -> None:
 # -- characters no parameter may carry, values that must not come back -------------------------
 
 SENTINEL = "Qz7!sentinel"
-BAD_CHARS = {"nul": f"\x00{SENTINEL}", "line-break": f"a\r\n{SENTINEL}", "non-ascii": f"\u00e9{SENTINEL}",
-             "replacement": f"\ufffd{SENTINEL}"}
+BAD_CHARS = {
+    "nul": f"\x00{SENTINEL}",
+    "line-break": f"a\r\n{SENTINEL}",
+    "non-ascii": f"\u00e9{SENTINEL}",
+    "replacement": f"\ufffd{SENTINEL}",
+}
 
 
 def _grant_rows(db_session) -> dict[str, int]:
@@ -133,18 +163,34 @@ def _grant_rows(db_session) -> dict[str, int]:
     from smart_auth.models import AuthorizationCode, Consent, RefreshToken, UserAccount
 
     db_session.rollback()  # a fresh snapshot (the session may hold an older transaction)
-    counts = {m.__tablename__: db_session.scalar(select(func.count()).select_from(m))
-              for m in (AuthorizationCode, RefreshToken, Consent, UserAccount)}
+    counts = {
+        m.__tablename__: db_session.scalar(select(func.count()).select_from(m))
+        for m in (AuthorizationCode, RefreshToken, Consent, UserAccount)
+    }
     db_session.rollback()  # end the transaction: on SQLite it holds the write lock the app needs
     return counts
 
 
 @pytest.mark.parametrize("bad", sorted(BAD_CHARS))
-@pytest.mark.parametrize("param", ["client_id", "redirect_uri", "response_type", "scope", "state", "aud",
-                                   "code_challenge", "code_challenge_method", "launch", "nonce"])
+@pytest.mark.parametrize(
+    "param",
+    [
+        "client_id",
+        "redirect_uri",
+        "response_type",
+        "scope",
+        "state",
+        "aud",
+        "code_challenge",
+        "code_challenge_method",
+        "launch",
+        "nonce",
+    ],
+)
 @pytest.mark.parametrize("method", ["GET", "POST"])
-def test_authorize_parameters_with_control_or_non_ascii_characters(web, db_session, settings, param, bad,
-                                                                   method) -> None:
+def test_authorize_parameters_with_control_or_non_ascii_characters(
+    web, db_session, settings, param, bad, method
+) -> None:
     """NUL reached PostgreSQL (a 500), and Authlib refused to build an error description holding
     non-ASCII (another 500). RFC 6749 parameters are printable ASCII: refused on a page, no redirect."""
     app_ = make_client(db_session)
@@ -152,8 +198,7 @@ def test_authorize_parameters_with_control_or_non_ascii_characters(web, db_sessi
     params = {**authorize_params(settings, app_, "launch/patient patient/*.rs", challenge), param: BAD_CHARS[bad]}
     before = _grant_rows(db_session)
     # (the first authorize request may be a form POST: it is CSRF-exempt)
-    r = web.get("/auth/authorize", query_string=params) if method == "GET" else web.post("/auth/authorize",
-                                                                                           data=params)
+    r = web.get("/auth/authorize", query_string=params) if method == "GET" else web.post("/auth/authorize", data=params)
     assert r.status_code == 400, r.data[:300]
     assert "Location" not in r.headers
     assert SENTINEL.encode() not in r.data
@@ -172,13 +217,20 @@ def test_authorize_error_page_does_not_repeat_the_redirect_uri(web, db_session, 
 
 
 @pytest.mark.parametrize("bad", sorted(BAD_CHARS))
-@pytest.mark.parametrize("param", ["grant_type", "client_id", "code", "redirect_uri", "code_verifier",
-                                   "client_secret", "refresh_token", "scope"])
+@pytest.mark.parametrize(
+    "param",
+    ["grant_type", "client_id", "code", "redirect_uri", "code_verifier", "client_secret", "refresh_token", "scope"],
+)
 def test_token_parameters_with_control_or_non_ascii_characters(web, db_session, param, bad) -> None:
     """A NUL client_id reached PostgreSQL (a 500), also through the CORS check of an Origin request."""
     app_ = make_client(db_session)
-    base = {"grant_type": "authorization_code", "client_id": app_.client_id, "code": "c" * 43,
-            "redirect_uri": app_.redirect_uri, "code_verifier": "v" * 50}
+    base = {
+        "grant_type": "authorization_code",
+        "client_id": app_.client_id,
+        "code": "c" * 43,
+        "redirect_uri": app_.redirect_uri,
+        "code_verifier": "v" * 50,
+    }
     if param in ("refresh_token", "scope"):
         base = {"grant_type": "refresh_token", "client_id": app_.client_id, "refresh_token": "r" * 43}
     before = _grant_rows(db_session)
@@ -190,8 +242,15 @@ def test_token_parameters_with_control_or_non_ascii_characters(web, db_session, 
     assert _grant_rows(db_session) == before
 
 
-@pytest.mark.parametrize("raw", [b"\x00" + SENTINEL.encode() + b":secret", b"client:\x00" + SENTINEL.encode(),
-                                 b"%00" + SENTINEL.encode() + b":secret", SENTINEL.encode() + b"\xff:\xfe"])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"\x00" + SENTINEL.encode() + b":secret",
+        b"client:\x00" + SENTINEL.encode(),
+        b"%00" + SENTINEL.encode() + b":secret",
+        SENTINEL.encode() + b"\xff:\xfe",
+    ],
+)
 def test_token_basic_credentials_with_nul_or_bad_bytes(web, db_session, raw) -> None:
     before = _grant_rows(db_session)
     r = web.post("/auth/token", data={"grant_type": "authorization_code", "code": "c"}, headers=_basic(raw))
@@ -207,22 +266,37 @@ def test_login_with_control_or_non_ascii_characters(web, db_session, settings, b
     username = make_user(db_session, settings).username
     token = csrf_from(web.get("/auth/login").data)
     before = _grant_rows(db_session)
-    for data in ({"username": BAD_CHARS[bad], "password": "whatever password"},
-                 {"username": username, "password": BAD_CHARS[bad]},
-                 {"username": username + BAD_CHARS[bad], "password": "correct horse battery staple"}):
+    for data in (
+        {"username": BAD_CHARS[bad], "password": "whatever password"},
+        {"username": username, "password": BAD_CHARS[bad]},
+        {"username": username + BAD_CHARS[bad], "password": "correct horse battery staple"},
+    ):
         r = web.post("/auth/login", data={"csrf_token": token, **data})
         assert r.status_code == 400, (data, r.data[:300])
         assert b"not correct" in r.data
         if data["password"] == BAD_CHARS[bad]:
             assert SENTINEL.encode() not in r.data
-    r = web.post("/auth/login", data=b"csrf_token=" + token.encode() + b"&username=%FF%00" + SENTINEL.encode()
-                 + b"&password=\xff\xfe", content_type="application/x-www-form-urlencoded")
+    r = web.post(
+        "/auth/login",
+        data=b"csrf_token=" + token.encode() + b"&username=%FF%00" + SENTINEL.encode() + b"&password=\xff\xfe",
+        content_type="application/x-www-form-urlencoded",
+    )
     assert r.status_code == 400
     assert _grant_rows(db_session) == before
 
 
-@pytest.mark.parametrize("target", ["https://[::1", "http://%5B/", "//[/", "http://[/x", f"/auth/\x00{SENTINEL}",
-                                    f"https://{SENTINEL}.example/", f"javascript:{SENTINEL}"])
+@pytest.mark.parametrize(
+    "target",
+    [
+        "https://[::1",
+        "http://%5B/",
+        "//[/",
+        "http://[/x",
+        f"/auth/\x00{SENTINEL}",
+        f"https://{SENTINEL}.example/",
+        f"javascript:{SENTINEL}",
+    ],
+)
 def test_logout_next_that_is_no_url_is_ignored(web, target) -> None:
     """An unclosed IPv6 literal made urlsplit raise: a 500 on the logout page."""
     r = web.get("/auth/logout", query_string={"next": target})

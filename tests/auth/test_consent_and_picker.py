@@ -39,6 +39,7 @@ def _start(web, settings, client_app, scope, username=None):
 
 # --- consent ------------------------------------------------------------------------------------
 
+
 def test_consent_lists_every_scope_and_honours_deselection(app, db_session, settings) -> None:
     patient = make_user(db_session, settings)
     third = make_client(db_session, first_party=False)
@@ -54,8 +55,10 @@ def test_consent_lists_every_scope_and_honours_deselection(app, db_session, sett
     assert "frame-ancestors 'none'" in page.headers["Content-Security-Policy"]
     assert third.redirect_uri.split("/callback")[0] in page.headers["Content-Security-Policy"]
     chosen = ["launch/patient", "patient/Patient.rs"]
-    r = web.post("/auth/authorize/consent", data={"csrf_token": csrf_from(html), "action": "approve",
-                                                   "scope": [*chosen, "user/*.cruds"]})
+    r = web.post(
+        "/auth/authorize/consent",
+        data={"csrf_token": csrf_from(html), "action": "approve", "scope": [*chosen, "user/*.cruds"]},
+    )
     assert r.status_code == 303
     r = web.get(r.headers["Location"])
     q = query_of(r.headers["Location"])
@@ -100,6 +103,7 @@ def test_first_party_client_skips_consent(app, db_session, settings) -> None:
 
 
 # --- patient picker -----------------------------------------------------------------------------
+
 
 def _practice(db_session, settings):
     repo = Repository(db_session, settings, system_principal("tests"))

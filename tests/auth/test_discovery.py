@@ -24,12 +24,21 @@ def test_smart_configuration(client, settings, path, accept) -> None:
     assert {"client_secret_basic", "client_secret_post"} <= set(doc["token_endpoint_auth_methods_supported"])
     assert doc["issuer"] == f"{base}/auth"  # with sso-openid-connect (A3)
     caps = set(doc["capabilities"])
-    assert {"launch-standalone", "client-public", "client-confidential-symmetric", "context-standalone-patient",
-            "permission-offline", "permission-patient", "permission-user", "permission-v1", "permission-v2",
-            "authorize-post", "sso-openid-connect"} <= caps
+    assert {
+        "launch-standalone",
+        "client-public",
+        "client-confidential-symmetric",
+        "context-standalone-patient",
+        "permission-offline",
+        "permission-patient",
+        "permission-user",
+        "permission-v1",
+        "permission-v2",
+        "authorize-post",
+        "sso-openid-connect",
+    } <= caps
     # Nothing we cannot do.
-    assert not caps & {"launch-ehr", "client-confidential-asymmetric",
-                       "context-ehr-patient", "context-ehr-encounter"}
+    assert not caps & {"launch-ehr", "client-confidential-asymmetric", "context-ehr-patient", "context-ehr-encounter"}
     assert "launch/patient" in doc["scopes_supported"]
     for key in ("authorization_endpoint", "token_endpoint", "jwks_uri"):
         assert doc[key].startswith(("http://", "https://"))

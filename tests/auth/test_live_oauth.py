@@ -27,40 +27,53 @@ def test_authlib_client_gets_and_refreshes_tokens_over_http(live_server, db_sess
     doc = repo.create("Practitioner", practitioner_json(family=f"Doc{uid()}")).res_id
     pid = repo.create("Patient", patient_json([f"Practitioner/{doc}"], family=f"Live{uid()}")).res_id
     username = f"live{uid()}"
-    accounts.create_user(db_session, username=username, password="violet tulips at dawn", role="patient",
-                         settings=settings, fhir_user=f"Patient/{pid}")
+    accounts.create_user(
+        db_session,
+        username=username,
+        password="violet tulips at dawn",
+        role="patient",
+        settings=settings,
+        fhir_user=f"Patient/{pid}",
+    )
     app_ = make_client(db_session, confidential=True, first_party=True)
     db_session.commit()
     base = live_server.url
 
-    oauth = OAuth2Session(app_.client_id, app_.secret, scope=SCOPE, redirect_uri=app_.redirect_uri,
-                          code_challenge_method="S256")
+    oauth = OAuth2Session(
+        app_.client_id, app_.secret, scope=SCOPE, redirect_uri=app_.redirect_uri, code_challenge_method="S256"
+    )
     verifier = generate_token(64)
-    url, state = oauth.create_authorization_url(f"{base}/auth/authorize", code_verifier=verifier,
-                                                aud=settings.fhir_base)
+    url, state = oauth.create_authorization_url(
+        f"{base}/auth/authorize", code_verifier=verifier, aud=settings.fhir_base
+    )
 
     browser = requests.Session()
     r = browser.get(url, allow_redirects=False, timeout=10)
     assert r.status_code == 303 and r.headers["Location"].endswith("/auth/login")
     page = browser.get(base + r.headers["Location"], timeout=10)
     csrf = csrf_from(page.text)
-    r = browser.post(f"{base}/auth/login", data={"csrf_token": csrf, "username": username,
-                                                 "password": "violet tulips at dawn"},
-                     allow_redirects=False, timeout=10)
+    r = browser.post(
+        f"{base}/auth/login",
+        data={"csrf_token": csrf, "username": username, "password": "violet tulips at dawn"},
+        allow_redirects=False,
+        timeout=10,
+    )
     assert r.status_code == 303, r.text[:300]
     r = browser.get(base + r.headers["Location"], allow_redirects=False, timeout=10)
     assert r.status_code == 302
     callback = r.headers["Location"]
     assert callback.startswith(app_.redirect_uri)
 
-    token = oauth.fetch_token(f"{base}/auth/token", authorization_response=callback, code_verifier=verifier,
-                              state=state)
+    token = oauth.fetch_token(
+        f"{base}/auth/token", authorization_response=callback, code_verifier=verifier, state=state
+    )
     assert token["token_type"].lower() == "bearer" and token["patient"] == pid
     assert token["scope"] == SCOPE and token["expires_in"] <= 3600 and token["refresh_token"]
 
     # The token works on the FHIR API of the same server.
-    read = requests.get(f"{base}/fhir/Patient/{pid}", headers={"Authorization": f"Bearer {token['access_token']}"},
-                        timeout=10)
+    read = requests.get(
+        f"{base}/fhir/Patient/{pid}", headers={"Authorization": f"Bearer {token['access_token']}"}, timeout=10
+    )
     assert read.status_code == 200 and read.json()["id"] == pid
 
     renewed = oauth.refresh_token(f"{base}/auth/token", refresh_token=token["refresh_token"])

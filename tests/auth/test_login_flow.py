@@ -72,8 +72,9 @@ def test_unknown_user_and_wrong_password_look_the_same(app, db_session, settings
     page = web.get("/auth/login")
     token = csrf_from(page.data)
     wrong = web.post("/auth/login", data={"csrf_token": token, "username": user.username, "password": "nope nope"})
-    ghost = web.post("/auth/login", data={"csrf_token": token, "username": user.username + "x",
-                                          "password": "nope nope"})
+    ghost = web.post(
+        "/auth/login", data={"csrf_token": token, "username": user.username + "x", "password": "nope nope"}
+    )
     assert wrong.status_code == ghost.status_code == 400
     assert b"The username or password is not correct." in wrong.data
     assert _strip_csrf(wrong.data).replace(user.username + "x", user.username) == _strip_csrf(wrong.data)
@@ -101,8 +102,9 @@ def test_first_login_forces_password_change_then_resumes_authorization(app, db_s
     client_app = make_client(db_session, scope="launch/patient patient/*.rs openid fhirUser")
     web = new_web_client(app)
     verifier, challenge = pkce_pair()
-    r = web.get("/auth/authorize", query_string=authorize_params(settings, client_app, "launch/patient patient/*.rs",
-                                                                 challenge))
+    r = web.get(
+        "/auth/authorize", query_string=authorize_params(settings, client_app, "launch/patient patient/*.rs", challenge)
+    )
     assert r.status_code == 303 and r.headers["Location"].endswith("/auth/login")
     assert "state-123" not in r.headers["Location"]  # the pending request stays on the server
     r = login(web, username, otp)
@@ -112,18 +114,45 @@ def test_first_login_forces_password_change_then_resumes_authorization(app, db_s
     page = web.get("/auth/password")
     assert page.status_code == 200 and b"One-time password" in page.data
     token = csrf_from(page.data)
-    bad = web.post("/auth/password", data={"csrf_token": token, "current_password": otp,
-                                           "new_password": "password123", "confirm_password": "password123"})
+    bad = web.post(
+        "/auth/password",
+        data={
+            "csrf_token": token,
+            "current_password": otp,
+            "new_password": "password123",
+            "confirm_password": "password123",
+        },
+    )
     assert bad.status_code == 400 and b"too common" in bad.data
-    mismatch = web.post("/auth/password", data={"csrf_token": token, "current_password": otp,
-                                                "new_password": "a calm blue lake", "confirm_password": "a calm"})
+    mismatch = web.post(
+        "/auth/password",
+        data={
+            "csrf_token": token,
+            "current_password": otp,
+            "new_password": "a calm blue lake",
+            "confirm_password": "a calm",
+        },
+    )
     assert mismatch.status_code == 400 and b"do not match" in mismatch.data
-    wrong = web.post("/auth/password", data={"csrf_token": token, "current_password": "not it at all",
-                                             "new_password": "a calm blue lake",
-                                             "confirm_password": "a calm blue lake"})
+    wrong = web.post(
+        "/auth/password",
+        data={
+            "csrf_token": token,
+            "current_password": "not it at all",
+            "new_password": "a calm blue lake",
+            "confirm_password": "a calm blue lake",
+        },
+    )
     assert wrong.status_code == 400 and b"current password is not correct" in wrong.data
-    ok = web.post("/auth/password", data={"csrf_token": token, "current_password": otp,
-                                          "new_password": "a calm blue lake", "confirm_password": "a calm blue lake"})
+    ok = web.post(
+        "/auth/password",
+        data={
+            "csrf_token": token,
+            "current_password": otp,
+            "new_password": "a calm blue lake",
+            "confirm_password": "a calm blue lake",
+        },
+    )
     assert ok.status_code == 303 and ok.headers["Location"].endswith("/auth/authorize/continue")
     r = web.get(ok.headers["Location"])
     assert r.status_code == 302 and r.headers["Location"].startswith(client_app.redirect_uri)
@@ -144,9 +173,15 @@ def test_password_change_ends_other_sessions(app, db_session, settings) -> None:
     login(second, user.username)
     assert second.get("/auth/").status_code == 200
     page = first.get("/auth/password")
-    r = first.post("/auth/password", data={"csrf_token": csrf_from(page.data), "current_password": PASSWORD,
-                                           "new_password": "quiet river stones", "confirm_password":
-                                           "quiet river stones"})
+    r = first.post(
+        "/auth/password",
+        data={
+            "csrf_token": csrf_from(page.data),
+            "current_password": PASSWORD,
+            "new_password": "quiet river stones",
+            "confirm_password": "quiet river stones",
+        },
+    )
     assert r.status_code == 200 and b"password has been changed" in r.data
     assert first.get("/auth/").status_code == 200
     assert second.get("/auth/").status_code == 302  # signed out everywhere else

@@ -26,8 +26,12 @@ def test_no_username_password_code_or_token_in_logs(app, settings, caplog) -> No
         user = make_user(db.session, settings, prefix="zzlogname")
         client = make_client(db.session)
         username = user.username
-        before = {r for r in db.session.execute(select(ResourceRow.res_id).where(
-            ResourceRow.res_type == "AuditEvent")).scalars()}
+        before = {
+            r
+            for r in db.session.execute(
+                select(ResourceRow.res_id).where(ResourceRow.res_type == "AuditEvent")
+            ).scalars()
+        }
     web = new_web_client(app)
     assert login(web, username, "wrong password zzsecret").status_code == 400
     code, verifier = get_code(web, settings, client, username, "launch/patient patient/Patient.rs")
@@ -39,8 +43,15 @@ def test_no_username_password_code_or_token_in_logs(app, settings, caplog) -> No
     for secret in (username, PASSWORD, "zzsecret", code, verifier, access, access[-32:]):
         assert secret not in logged
     with app.app_context():
-        events = db.session.execute(select(ResourceRow.content).where(
-            ResourceRow.res_type == "AuditEvent", ResourceRow.res_id.notin_(before))).scalars().all()
+        events = (
+            db.session.execute(
+                select(ResourceRow.content).where(
+                    ResourceRow.res_type == "AuditEvent", ResourceRow.res_id.notin_(before)
+                )
+            )
+            .scalars()
+            .all()
+        )
     assert len(events) >= 3  # the failed login, the login, the token, the search
     trail = b"\n".join(events)
     for secret in (username, PASSWORD, "zzsecret", code, access):

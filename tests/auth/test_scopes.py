@@ -16,25 +16,33 @@ def perms(scope: str, res_type: str = "Communication", context: str = "patient")
     return "".join(p for p in "cruds" if granted.allows(res_type, p, context))
 
 
-@pytest.mark.parametrize(("scope", "expected"), [
-    ("patient/Communication.read", "rs"),
-    ("patient/Communication.write", "cud"),
-    ("patient/Communication.*", "cruds"),
-    ("patient/*.read", "rs"),
-    ("patient/Communication.rs", "rs"),
-    ("patient/Communication.cu", "cu"),
-    ("patient/Communication.sr", ""),  # out of order: malformed, grants nothing
-    ("patient/Communication.readwrite", ""),
-    ("patient/Patient.read", ""),  # another type
-    ("user/Communication.read", ""),  # another context
-])
+@pytest.mark.parametrize(
+    ("scope", "expected"),
+    [
+        ("patient/Communication.read", "rs"),
+        ("patient/Communication.write", "cud"),
+        ("patient/Communication.*", "cruds"),
+        ("patient/*.read", "rs"),
+        ("patient/Communication.rs", "rs"),
+        ("patient/Communication.cu", "cu"),
+        ("patient/Communication.sr", ""),  # out of order: malformed, grants nothing
+        ("patient/Communication.readwrite", ""),
+        ("patient/Patient.read", ""),  # another type
+        ("user/Communication.read", ""),  # another context
+    ],
+)
 def test_v1_and_v2_permissions(scope: str, expected: str) -> None:
     assert perms(scope) == expected
 
 
 def test_a_v1_read_scope_reads_and_searches_but_never_writes() -> None:
-    p = Principal(role="patient", scopes=ScopeSet.parse("launch/patient patient/*.read"), user_id="u",
-                  fhir_user="Patient/p1", patient="p1")
+    p = Principal(
+        role="patient",
+        scopes=ScopeSet.parse("launch/patient patient/*.read"),
+        user_id="u",
+        fhir_user="Patient/p1",
+        patient="p1",
+    )
     check_interaction(p, "Communication", "r")
     check_interaction(p, "Communication", "s")
     for perm in "cud":

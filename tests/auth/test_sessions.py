@@ -104,8 +104,9 @@ def test_the_pending_request_rides_in_a_sealed_cookie_until_sign_in(app, db_sess
     user = make_user(db_session, settings)
     registered = make_client(db_session)
     web = new_web_client(app)
-    params = authorize_params(settings, registered, "launch/patient patient/*.rs", pkce_pair()[1],
-                              state="visible-state-value")
+    params = authorize_params(
+        settings, registered, "launch/patient patient/*.rs", pkce_pair()[1], state="visible-state-value"
+    )
     web.get("/auth/authorize", query_string=params)
     sealed = web.get_cookie(PRE_COOKIE, path="/auth").value
     for secret in ("visible-state-value", registered.client_id, registered.redirect_uri):
@@ -126,8 +127,9 @@ def test_idle_expiry_signs_out(app, db_session, settings) -> None:
     assert web.get("/auth/").status_code == 200
     value = _cookie(web)
     idle = timedelta(minutes=settings.session_idle_minutes, seconds=5)
-    db_session.execute(update(WebSession).where(WebSession.id_hash == sha256_hex(value))
-                       .values(last_seen_at=utcnow() - idle))
+    db_session.execute(
+        update(WebSession).where(WebSession.id_hash == sha256_hex(value)).values(last_seen_at=utcnow() - idle)
+    )
     db_session.commit()
     r = web.get("/auth/")
     assert r.status_code == 302 and r.headers["Location"].endswith("/auth/login")
@@ -142,8 +144,9 @@ def test_activity_keeps_the_session_alive(app, db_session, settings) -> None:
     login(web, user.username)
     value = _cookie(web)
     almost = timedelta(minutes=settings.session_idle_minutes - 1)
-    db_session.execute(update(WebSession).where(WebSession.id_hash == sha256_hex(value))
-                       .values(last_seen_at=utcnow() - almost))
+    db_session.execute(
+        update(WebSession).where(WebSession.id_hash == sha256_hex(value)).values(last_seen_at=utcnow() - almost)
+    )
     db_session.commit()
     assert web.get("/auth/").status_code == 200
     row = _row(db_session, value)
@@ -155,8 +158,11 @@ def test_absolute_lifetime(app, db_session, settings) -> None:
     web = new_web_client(app)
     login(web, user.username)
     value = _cookie(web)
-    db_session.execute(update(WebSession).where(WebSession.id_hash == sha256_hex(value))
-                       .values(created_at=utcnow() - timedelta(hours=settings.session_absolute_hours, minutes=1)))
+    db_session.execute(
+        update(WebSession)
+        .where(WebSession.id_hash == sha256_hex(value))
+        .values(created_at=utcnow() - timedelta(hours=settings.session_absolute_hours, minutes=1))
+    )
     db_session.commit()
     assert web.get("/auth/").status_code == 302
 

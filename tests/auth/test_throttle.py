@@ -104,8 +104,7 @@ def test_a_device_cookie_loses_its_standing_after_its_own_failures(db_session, s
     nonce = f"stolen-{uid()}"
     with time_machine.travel(T0, tick=False):
         assert throttle.device_in_good_standing(db_session, settings, nonce)
-        _fail(db_session, settings, user.username, random_address(), device=nonce,
-              times=throttle.DEVICE_MAX_FAILURES)
+        _fail(db_session, settings, user.username, random_address(), device=nonce, times=throttle.DEVICE_MAX_FAILURES)
         assert not throttle.device_in_good_standing(db_session, settings, nonce)
 
 
@@ -172,9 +171,15 @@ def test_trusted_proxy_hops_decide_the_client_address(db_session, settings) -> N
         with time_machine.travel(T0, tick=False):
             for _ in range(throttle.PAIR_FREE + 1):
                 page = web.get("/auth/login", headers=attacker)
-                web.post("/auth/login", headers=attacker, data={
-                    "csrf_token": csrf_from(page.data), "username": user.username, "password": "nope"})
+                web.post(
+                    "/auth/login",
+                    headers=attacker,
+                    data={"csrf_token": csrf_from(page.data), "username": user.username, "password": "nope"},
+                )
             page = web.get("/auth/login", headers={"X-Forwarded-For": random_address()})
-            r = web.post("/auth/login", headers={"X-Forwarded-For": random_address()}, data={
-                "csrf_token": csrf_from(page.data), "username": user.username, "password": PASSWORD})
+            r = web.post(
+                "/auth/login",
+                headers={"X-Forwarded-For": random_address()},
+                data={"csrf_token": csrf_from(page.data), "username": user.username, "password": PASSWORD},
+            )
         assert (r.status_code == 303) is separate, (hops, r.status_code)

@@ -29,8 +29,16 @@ def _b64(raw: bytes) -> str:
 def _claims(settings, user, **over):
     now = int(time.time())
     claims = {
-        "iss": settings.base_url + "/auth", "sub": user.id, "aud": settings.fhir_base, "client_id": "c",
-        "scope": "user/*.rs", "exp": now + 300, "iat": now, "jti": "j1", "gid": "g1", "role": user.role,
+        "iss": settings.base_url + "/auth",
+        "sub": user.id,
+        "aud": settings.fhir_base,
+        "client_id": "c",
+        "scope": "user/*.rs",
+        "exp": now + 300,
+        "iat": now,
+        "jti": "j1",
+        "gid": "g1",
+        "role": user.role,
     }
     claims.update(over)
     return {k: v for k, v in claims.items() if v is not None}
@@ -43,13 +51,26 @@ def _sign(settings, claims, key=None, alg="RS256", kid=None):
 
 
 def test_claims_are_exactly_the_contract(settings, user) -> None:
-    token = issue_access_token(settings, user=user, client_id="app1", scope="user/*.rs  openid", grant_id="g1",
-                               patient="p1")
+    token = issue_access_token(
+        settings, user=user, client_id="app1", scope="user/*.rs  openid", grant_id="g1", patient="p1"
+    )
     header = json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))
     assert header["alg"] == "RS256" and header["kid"] == signing_key(settings).kid
     claims = verify_access_token(token, settings)
-    assert set(claims) == {"iss", "sub", "aud", "client_id", "scope", "exp", "iat", "jti", "gid", "role",
-                           "fhirUser", "patient"}
+    assert set(claims) == {
+        "iss",
+        "sub",
+        "aud",
+        "client_id",
+        "scope",
+        "exp",
+        "iat",
+        "jti",
+        "gid",
+        "role",
+        "fhirUser",
+        "patient",
+    }
     assert claims["gid"] == "g1"
     assert claims["iss"] == settings.base_url + "/auth"
     assert claims["aud"] == settings.fhir_base
@@ -59,13 +80,19 @@ def test_claims_are_exactly_the_contract(settings, user) -> None:
 
 
 def test_lifetime_is_capped_at_an_hour(settings, user) -> None:
-    token = issue_access_token(settings.with_(access_token_seconds=7200), user=user, client_id="c",
-                               scope="user/*.rs", grant_id="g1", lifetime=99999)
+    token = issue_access_token(
+        settings.with_(access_token_seconds=7200),
+        user=user,
+        client_id="c",
+        scope="user/*.rs",
+        grant_id="g1",
+        lifetime=99999,
+    )
     claims = verify_access_token(token, settings)
     assert claims["exp"] - claims["iat"] == 3600
-    short = verify_access_token(issue_access_token(settings, user=user, client_id="c", scope="x", grant_id="g1",
-                                                   lifetime=120),
-                                settings)
+    short = verify_access_token(
+        issue_access_token(settings, user=user, client_id="c", scope="x", grant_id="g1", lifetime=120), settings
+    )
     assert short["exp"] - short["iat"] == 120
 
 

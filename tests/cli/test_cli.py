@@ -46,8 +46,11 @@ def cli_env(database_url: str, server_port: int, settings, tmp_path_factory: pyt
     makes here must be the ones the run's live server and portal expect.
     """
     return conftest.test_env(
-        tmp_path_factory.mktemp("cli-var"), database_url, server_port,
-        SECRET_KEY=settings.secret_key, JWT_PRIVATE_KEY_PEM=settings.jwt_private_key_pem,
+        tmp_path_factory.mktemp("cli-var"),
+        database_url,
+        server_port,
+        SECRET_KEY=settings.secret_key,
+        JWT_PRIVATE_KEY_PEM=settings.jwt_private_key_pem,
         PORTAL_CLIENT_SECRET=settings.portal_client_secret,
         CONSOLE_CLIENT_SECRET=settings.console_client_secret,
     )
@@ -200,9 +203,21 @@ def test_seed_reports_a_missing_fixture(cli_env, tmp_path) -> None:
 
 def test_client_add_prints_the_secret_once(cli_env, cli_settings, session) -> None:
     cid = f"cli-{uuid.uuid4().hex[:8]}"
-    result = invoke(cli_env, "client", "add", "--id", cid, "--name", "Test app",
-                    "--redirect-uri", "https://app.example/cb", "--redirect-uri", "http://127.0.0.1:9999/cb",
-                    "--scope", "openid fhirUser launch/patient patient/Communication.rs")
+    result = invoke(
+        cli_env,
+        "client",
+        "add",
+        "--id",
+        cid,
+        "--name",
+        "Test app",
+        "--redirect-uri",
+        "https://app.example/cb",
+        "--redirect-uri",
+        "http://127.0.0.1:9999/cb",
+        "--scope",
+        "openid fhirUser launch/patient patient/Communication.rs",
+    )
     assert result.exit_code == 0, result.output
     secret = result.stdout.strip()
     assert len(secret.splitlines()) == 1 and len(secret) >= 40
@@ -213,8 +228,19 @@ def test_client_add_prints_the_secret_once(cli_env, cli_settings, session) -> No
     assert not row.first_party
     session.rollback()
 
-    again = invoke(cli_env, "client", "add", "--id", cid, "--name", "Test app",
-                   "--redirect-uri", "https://app.example/cb", "--scope", "openid")
+    again = invoke(
+        cli_env,
+        "client",
+        "add",
+        "--id",
+        cid,
+        "--name",
+        "Test app",
+        "--redirect-uri",
+        "https://app.example/cb",
+        "--scope",
+        "openid",
+    )
     assert_clean_failure(again, 1, "already exists")
     assert again.stdout == ""  # no second secret
     session.rollback()
@@ -223,8 +249,20 @@ def test_client_add_prints_the_secret_once(cli_env, cli_settings, session) -> No
 
 def test_public_client_has_no_secret(cli_env, session) -> None:
     cid = f"pub-{uuid.uuid4().hex[:8]}"
-    result = invoke(cli_env, "client", "add", "--id", cid, "--name", "Public app", "--public",
-                    "--redirect-uri", "https://pub.example/cb", "--scope", "patient/Patient.rs")
+    result = invoke(
+        cli_env,
+        "client",
+        "add",
+        "--id",
+        cid,
+        "--name",
+        "Public app",
+        "--public",
+        "--redirect-uri",
+        "https://pub.example/cb",
+        "--scope",
+        "patient/Patient.rs",
+    )
     assert result.exit_code == 0, result.output
     assert result.stdout == ""
     assert session.get(OAuthClient, cid).client_secret_hash is None
@@ -242,8 +280,7 @@ def test_public_client_has_no_secret(cli_env, session) -> None:
     ],
 )
 def test_client_add_rejects_bad_input(cli_env, session, args, phrase) -> None:
-    opts = {"--id": f"bad-{uuid.uuid4().hex[:8]}", "--redirect-uri": "https://ok.example/cb",
-            "--scope": "openid"}
+    opts = {"--id": f"bad-{uuid.uuid4().hex[:8]}", "--redirect-uri": "https://ok.example/cb", "--scope": "openid"}
     opts.update(dict(zip(args[::2], args[1::2], strict=True)))
     before = counts(session)
     result = invoke(cli_env, "client", "add", "--name", "Bad", *[x for kv in opts.items() for x in kv])
@@ -257,8 +294,14 @@ def test_client_add_rejects_bad_input(cli_env, session, args, phrase) -> None:
 def make_user(session, cli_settings, role: str = "admin", **extra) -> UserAccount:
     from smart_auth.accounts import create_user
 
-    user = create_user(session, username=f"op{uuid.uuid4().hex[:8]}", password="long enough passphrase",
-                       role=role, settings=cli_settings, **extra)
+    user = create_user(
+        session,
+        username=f"op{uuid.uuid4().hex[:8]}",
+        password="long enough passphrase",
+        role=role,
+        settings=cli_settings,
+        **extra,
+    )
     session.commit()
     return user
 
@@ -275,8 +318,9 @@ def test_token_is_a_jwt_the_server_accepts_and_is_audited(cli_env, cli_settings,
     from smart_auth.tokens import verify_access_token
 
     user = make_user(session, cli_settings)
-    result = invoke(cli_env, "token", "--user", user.username.upper(), "--scope", "user/Practitioner.rs",
-                    "--lifetime", "600")
+    result = invoke(
+        cli_env, "token", "--user", user.username.upper(), "--scope", "user/Practitioner.rs", "--lifetime", "600"
+    )
     assert result.exit_code == 0, result.output
     token = result.stdout.strip()
     assert result.stdout == token + "\n" and token.count(".") == 2
@@ -328,7 +372,10 @@ def test_token_needs_user_scopes_for_a_provider(cli_env, cli_settings, session) 
     assert ok.exit_code == 0, ok.output
     claims = verify_access_token(ok.stdout.strip(), cli_settings)
     assert (claims["scope"], claims["role"], claims["fhirUser"]) == (
-        "user/*.cruds", "provider", "Practitioner/demo-dr1")
+        "user/*.cruds",
+        "provider",
+        "Practitioner/demo-dr1",
+    )
 
 
 def test_token_for_an_unknown_user_does_not_echo_the_name(cli_env) -> None:

@@ -42,8 +42,9 @@ class DevRun:
 
 
 def cli(env: dict[str, str], *args: str) -> None:
-    subprocess.run([sys.executable, "-m", "fhirserver.cli", *args], env=env, check=True,
-                   capture_output=True, timeout=120)
+    subprocess.run(
+        [sys.executable, "-m", "fhirserver.cli", *args], env=env, check=True, capture_output=True, timeout=120
+    )
 
 
 def alive(pid: int) -> bool:
@@ -94,8 +95,13 @@ def dev_run(tmp_path: Path) -> Iterator[DevRun]:
     cli(env, "seed")
     log = tmp_path / "supervisor.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "fhirserver.cli", "serve", "--dev"], env=env,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fhirserver.cli", "serve", "--dev"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     run = DevRun(proc, log, tmp_path, f"http://127.0.0.1:{web}", (web, smtp))
     try:
         yield run
@@ -156,8 +162,13 @@ def test_busy_port_is_reported_without_starting_anything(tmp_path: Path) -> None
         s.listen()
         port = s.getsockname()[1]
         env = {**os.environ, **conftest.test_env(tmp_path, f"sqlite:///{tmp_path / 'x.db'}", port)}
-        result = subprocess.run([sys.executable, "-m", "fhirserver.cli", "serve", "--dev"], env=env,
-                                capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            [sys.executable, "-m", "fhirserver.cli", "serve", "--dev"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert result.returncode == 2
     assert f"127.0.0.1:{port}" in result.stderr and "in use" in result.stderr
     assert "started" not in result.stderr

@@ -64,10 +64,17 @@ def world(app: Any, settings: Any) -> World:
         system = Repository(db.session, settings, system_principal("tests"))
         org = system.create("Organization", {"resourceType": "Organization", "name": f"Org {uid()}"})
         msg = Repository(db.session, settings, p.patient).create(
-            "Communication", message_json(p.patient_ref, p.practitioner_ref, topic="Sweep"))
+            "Communication", message_json(p.patient_ref, p.practitioner_ref, topic="Sweep")
+        )
         db.session.commit()
-        ids = {"pid": p.patient_id, "prac": p.practitioner_id, "org": org.res_id, "cid": msg.res_id,
-               "patient_ref": p.patient_ref, "prac_ref": p.practitioner_ref}
+        ids = {
+            "pid": p.patient_id,
+            "prac": p.practitioner_id,
+            "org": org.res_id,
+            "cid": msg.res_id,
+            "patient_ref": p.patient_ref,
+            "prac_ref": p.practitioner_ref,
+        }
         patient_now = system.read("Patient", p.patient_id).json()
         prac_now = system.read("Practitioner", p.practitioner_id).json()
         org_now = system.read("Organization", org.res_id).json()
@@ -96,10 +103,12 @@ def _writes(app: Any) -> dict[str, int]:
     with app.app_context():
         s = db.session
         out = {
-            "resource": s.scalar(select(func.count()).select_from(ResourceRow)
-                                 .where(ResourceRow.res_type != "AuditEvent")),
-            "resource_version": s.scalar(select(func.count()).select_from(ResourceVersionRow)
-                                         .where(ResourceVersionRow.res_type != "AuditEvent")),
+            "resource": s.scalar(
+                select(func.count()).select_from(ResourceRow).where(ResourceRow.res_type != "AuditEvent")
+            ),
+            "resource_version": s.scalar(
+                select(func.count()).select_from(ResourceVersionRow).where(ResourceVersionRow.res_type != "AuditEvent")
+            ),
             "read_state": s.scalar(select(func.count()).select_from(ReadState)),
             "outbox": s.scalar(select(func.count()).select_from(OutboxRow)),
             "user_account": s.scalar(select(func.count()).select_from(UserAccount)),
@@ -131,31 +140,36 @@ def _j(data: Any) -> bytes:
 
 def _with(kind: str, **changes: Any) -> Callable[[World], bytes]:
     """A valid body of ``kind`` (e.g. "Patient" or "Patient/update") with ``changes`` applied."""
+
     def build(w: World) -> bytes:
         data = json.loads(json.dumps(w.bodies[kind]))
         data.update(changes)
         return _j(data)
+
     return build
 
 
 def _raw(kind: str, member: bytes) -> Callable[[World], bytes]:
     """A valid body of ``kind`` with one more member spliced in as raw JSON text."""
+
     def build(w: World) -> bytes:
         text = _j(w.bodies[kind])
         return text[:-1] + b"," + member + b"}"
+
     return build
 
 
 def _nested_extension(levels: int) -> bytes:
     inner = b'{"url":"http://example.org/e","valueString":"' + SENTINEL.encode() + b'"}'
-    return (b'"extension":[' + b'{"url":"http://example.org/e","extension":[' * levels + inner
-            + b"]}" * levels + b"]")
+    return b'"extension":[' + b'{"url":"http://example.org/e","extension":[' * levels + inner + b"]}" * levels + b"]"
 
 
 # Bad bodies that every writable type must refuse with 400: (id, builder from a body kind).
 GENERIC_BODIES: list[tuple[str, Callable[[str], Body]]] = [
-    ("malformed-json", lambda k: b'{"resourceType": "' + k.split("/")[0].encode() + b'", "x": ["'
-     + SENTINEL.encode() + b'"'),
+    (
+        "malformed-json",
+        lambda k: b'{"resourceType": "' + k.split("/")[0].encode() + b'", "x": ["' + SENTINEL.encode() + b'"',
+    ),
     ("json-array", lambda k: _j([SENTINEL])),
     ("json-string", lambda k: _j(SENTINEL)),
     ("json-number", lambda k: b"12345"),
@@ -165,12 +179,14 @@ GENERIC_BODIES: list[tuple[str, Callable[[str], Body]]] = [
     ("unknown-resourceType", lambda k: _with(k, resourceType=SENTINEL)),
     ("resourceType-as-array", lambda k: _with(k, resourceType=[k.split("/")[0]])),
     ("non-utf8-bytes", lambda k: _raw(k, b'"language":"\xff\xfe' + SENTINEL.encode() + b'"')),
-    ("utf16-body", lambda k: (lambda w: json.dumps(w.bodies[k]).encode("utf-16"))),
+    ("utf16-body", lambda k: lambda w: json.dumps(w.bodies[k]).encode("utf-16")),
     ("nested-arrays-10000", lambda k: _raw(k, b'"extension":' + b"[" * 10_000 + b"]" * 10_000)),
     ("nested-objects-10000", lambda k: b'{"a":' * 10_000 + _j(SENTINEL) + b"}" * 10_000),
     ("nested-extensions-100", lambda k: _raw(k, _nested_extension(100))),
-    ("integer-5000-digits", lambda k: _raw(k, b'"extension":[{"url":"http://example.org/n","valueInteger":'
-                                           + b"9" * 5000 + b"}]")),
+    (
+        "integer-5000-digits",
+        lambda k: _raw(k, b'"extension":[{"url":"http://example.org/n","valueInteger":' + b"9" * 5000 + b"}]"),
+    ),
     ("integer-over-32-bits", lambda k: _with(k, extension=[{"url": "http://example.org/n", "valueInteger": 2**40}])),
     ("decimal-overflow", lambda k: _raw(k, b'"extension":[{"url":"http://example.org/n","valueDecimal":1e999}]')),
     ("nan", lambda k: _raw(k, b'"extension":[{"url":"http://example.org/n","valueDecimal":NaN}]')),
@@ -182,11 +198,17 @@ GENERIC_BODIES: list[tuple[str, Callable[[str], Body]]] = [
     ("string-where-boolean", lambda k: _with(k, extension=[{"url": "http://example.org/b", "valueBoolean": "true"}])),
     ("string-where-integer", lambda k: _with(k, extension=[{"url": "http://example.org/b", "valueInteger": "3"}])),
     ("float-where-integer", lambda k: _with(k, extension=[{"url": "http://example.org/b", "valueInteger": 1.5}])),
-    ("nul-in-string", lambda k: _with(k, extension=[{"url": "http://example.org/s",
-                                                     "valueString": f"a\x00{SENTINEL}"}])),
+    (
+        "nul-in-string",
+        lambda k: _with(k, extension=[{"url": "http://example.org/s", "valueString": f"a\x00{SENTINEL}"}]),
+    ),
     ("nul-in-key", lambda k: _raw(k, b'"a\\u0000' + SENTINEL.encode() + b'":1')),
-    ("lone-surrogate", lambda k: _raw(k, b'"extension":[{"url":"http://example.org/s","valueString":"\\ud800'
-                                      + SENTINEL.encode() + b'"}]')),
+    (
+        "lone-surrogate",
+        lambda k: _raw(
+            k, b'"extension":[{"url":"http://example.org/s","valueString":"\\ud800' + SENTINEL.encode() + b'"}]'
+        ),
+    ),
     ("unknown-element", lambda k: _with(k, **{SENTINEL: 1})),
     ("unknown-contained-type", lambda k: _with(k, contained=[{"resourceType": SENTINEL, "id": "c1"}])),
     ("bad-code", lambda k: _with(k, language=f" {SENTINEL}")),
@@ -217,64 +239,171 @@ def _msg(**changes: Any) -> Callable[[World], bytes]:
 
 SPECIFIC_BODIES = [
     # A Communication whose parts have the wrong shape: 400 before any WebMail rule runs.
-    Case("message-sender-as-string", "POST", "/fhir/Communication", 400, "patient",
-         lambda w: _msg(sender=w.ids["patient_ref"] + SENTINEL)(w)),
-    Case("message-sender-as-json-string", "POST", "/fhir/Communication", 400, "patient",
-         lambda w: _msg(sender=json.dumps({"reference": w.ids["patient_ref"], "display": SENTINEL}))(w)),
-    Case("message-sender-as-array", "POST", "/fhir/Communication", 400, "patient",
-         lambda w: _msg(sender=[{"reference": w.ids["patient_ref"], "display": SENTINEL}])(w)),
-    Case("message-recipient-as-object", "POST", "/fhir/Communication", 400, "patient",
-         lambda w: _msg(recipient={"reference": w.ids["prac_ref"], "display": SENTINEL})(w)),
-    Case("message-recipient-reference-number", "POST", "/fhir/Communication", 400, "patient",
-         _msg(recipient=[{"reference": 12345, "display": SENTINEL}])),
+    Case(
+        "message-sender-as-string",
+        "POST",
+        "/fhir/Communication",
+        400,
+        "patient",
+        lambda w: _msg(sender=w.ids["patient_ref"] + SENTINEL)(w),
+    ),
+    Case(
+        "message-sender-as-json-string",
+        "POST",
+        "/fhir/Communication",
+        400,
+        "patient",
+        lambda w: _msg(sender=json.dumps({"reference": w.ids["patient_ref"], "display": SENTINEL}))(w),
+    ),
+    Case(
+        "message-sender-as-array",
+        "POST",
+        "/fhir/Communication",
+        400,
+        "patient",
+        lambda w: _msg(sender=[{"reference": w.ids["patient_ref"], "display": SENTINEL}])(w),
+    ),
+    Case(
+        "message-recipient-as-object",
+        "POST",
+        "/fhir/Communication",
+        400,
+        "patient",
+        lambda w: _msg(recipient={"reference": w.ids["prac_ref"], "display": SENTINEL})(w),
+    ),
+    Case(
+        "message-recipient-reference-number",
+        "POST",
+        "/fhir/Communication",
+        400,
+        "patient",
+        _msg(recipient=[{"reference": 12345, "display": SENTINEL}]),
+    ),
     Case("message-payload-as-string", "POST", "/fhir/Communication", 400, "patient", _msg(payload=SENTINEL)),
-    Case("message-payload-number", "POST", "/fhir/Communication", 400, "patient",
-         _msg(payload=[{"contentString": 5}, {"contentString": SENTINEL}])),
+    Case(
+        "message-payload-number",
+        "POST",
+        "/fhir/Communication",
+        400,
+        "patient",
+        _msg(payload=[{"contentString": 5}, {"contentString": SENTINEL}]),
+    ),
     Case("message-topic-text-array", "POST", "/fhir/Communication", 400, "patient", _msg(topic={"text": [SENTINEL]})),
     Case("message-status-unknown", "POST", "/fhir/Communication", 400, "patient", _msg(status=SENTINEL)),
     Case("message-priority-unknown", "POST", "/fhir/Communication", 400, "patient", _msg(priority=SENTINEL)),
     Case("message-sent-not-a-date", "POST", "/fhir/Communication", 400, "patient", _msg(sent=SENTINEL)),
-    Case("message-subject-as-array", "POST", "/fhir/Communication", 400, "patient",
-         lambda w: _msg(subject=[{"reference": w.ids["patient_ref"], "display": SENTINEL}])(w)),
+    Case(
+        "message-subject-as-array",
+        "POST",
+        "/fhir/Communication",
+        400,
+        "patient",
+        lambda w: _msg(subject=[{"reference": w.ids["patient_ref"], "display": SENTINEL}])(w),
+    ),
     Case("message-no-sender", "POST", "/fhir/Communication", 422, "patient", _msg(sender={"display": SENTINEL})),
-    Case("message-in-response-to-unknown", "POST", "/fhir/Communication", 422, "patient",
-         _msg(inResponseTo=[{"reference": f"Communication/{SENTINEL}"}])),
-    Case("message-to-unknown-practitioner", "POST", "/fhir/Communication", 422, "patient",
-         _msg(recipient=[{"reference": f"Practitioner/{SENTINEL}"}])),
-    Case("message-update-refused", "PUT", "/fhir/Communication/{cid}", 405, "patient",
-         _msg(id=SENTINEL)),
+    Case(
+        "message-in-response-to-unknown",
+        "POST",
+        "/fhir/Communication",
+        422,
+        "patient",
+        _msg(inResponseTo=[{"reference": f"Communication/{SENTINEL}"}]),
+    ),
+    Case(
+        "message-to-unknown-practitioner",
+        "POST",
+        "/fhir/Communication",
+        422,
+        "patient",
+        _msg(recipient=[{"reference": f"Practitioner/{SENTINEL}"}]),
+    ),
+    Case("message-update-refused", "PUT", "/fhir/Communication/{cid}", 405, "patient", _msg(id=SENTINEL)),
     Case("message-delete-refused", "DELETE", "/fhir/Communication/{cid}", 405, "provider"),
     # Patient elements of the wrong kind.
     Case("patient-gender-array", "POST", "/fhir/Patient", 400, "provider", _with("Patient", gender=[SENTINEL])),
     Case("patient-gender-object", "POST", "/fhir/Patient", 400, "provider", _with("Patient", gender={SENTINEL: 1})),
     Case("patient-gender-unknown", "POST", "/fhir/Patient", 400, "provider", _with("Patient", gender=SENTINEL)),
-    Case("patient-multiple-birth-string", "POST", "/fhir/Patient", 400, "provider",
-         _with("Patient", multipleBirthInteger="3")),
-    Case("patient-multiple-birth-boolean", "POST", "/fhir/Patient", 400, "provider",
-         _with("Patient", multipleBirthInteger=True)),
+    Case(
+        "patient-multiple-birth-string",
+        "POST",
+        "/fhir/Patient",
+        400,
+        "provider",
+        _with("Patient", multipleBirthInteger="3"),
+    ),
+    Case(
+        "patient-multiple-birth-boolean",
+        "POST",
+        "/fhir/Patient",
+        400,
+        "provider",
+        _with("Patient", multipleBirthInteger=True),
+    ),
     Case("patient-active-string", "POST", "/fhir/Patient", 400, "provider", _with("Patient", active="true")),
     Case("patient-birthdate-garbage", "POST", "/fhir/Patient", 400, "provider", _with("Patient", birthDate=SENTINEL)),
     Case("patient-birthdate-null", "POST", "/fhir/Patient", 400, "provider", _with("Patient", birthDate=None)),
     Case("patient-name-null-item", "POST", "/fhir/Patient", 400, "provider", _with("Patient", name=[None])),
     Case("patient-name-array-in-array", "POST", "/fhir/Patient", 400, "provider", _with("Patient", name=[[SENTINEL]])),
-    Case("patient-gp-as-string", "POST", "/fhir/Patient", 400, "provider",
-         lambda w: _with("Patient", generalPractitioner=w.ids["prac_ref"] + SENTINEL)(w)),
-    Case("patient-gp-as-json-string", "POST", "/fhir/Patient", 400, "provider",
-         lambda w: _with("Patient", generalPractitioner=[json.dumps({"reference": w.ids["prac_ref"],
-                                                                      "display": SENTINEL})])(w)),
-    Case("patient-update-id-mismatch", "PUT", "/fhir/Patient/{pid}", 400, "provider",
-         _with("Patient/update", id="other-id")),
-    Case("patient-update-no-id", "PUT", "/fhir/Patient/{pid}", 400, "provider",
-         lambda w: _j({k: v for k, v in w.bodies["Patient/update"].items() if k != "id"})),
-    Case("auditevent-create-refused", "POST", "/fhir/AuditEvent", 405, "auditor",
-         _j({"resourceType": "AuditEvent", "id": SENTINEL})),
-    Case("body-too-large", "POST", "/fhir/Patient", 413, "provider",
-         _raw("Patient", b'"text":{"status":"generated","div":"' + b"x" * 1_100_000 + SENTINEL.encode() + b'"}')),
+    Case(
+        "patient-gp-as-string",
+        "POST",
+        "/fhir/Patient",
+        400,
+        "provider",
+        lambda w: _with("Patient", generalPractitioner=w.ids["prac_ref"] + SENTINEL)(w),
+    ),
+    Case(
+        "patient-gp-as-json-string",
+        "POST",
+        "/fhir/Patient",
+        400,
+        "provider",
+        lambda w: _with(
+            "Patient", generalPractitioner=[json.dumps({"reference": w.ids["prac_ref"], "display": SENTINEL})]
+        )(w),
+    ),
+    Case(
+        "patient-update-id-mismatch",
+        "PUT",
+        "/fhir/Patient/{pid}",
+        400,
+        "provider",
+        _with("Patient/update", id="other-id"),
+    ),
+    Case(
+        "patient-update-no-id",
+        "PUT",
+        "/fhir/Patient/{pid}",
+        400,
+        "provider",
+        lambda w: _j({k: v for k, v in w.bodies["Patient/update"].items() if k != "id"}),
+    ),
+    Case(
+        "auditevent-create-refused",
+        "POST",
+        "/fhir/AuditEvent",
+        405,
+        "auditor",
+        _j({"resourceType": "AuditEvent", "id": SENTINEL}),
+    ),
+    Case(
+        "body-too-large",
+        "POST",
+        "/fhir/Patient",
+        413,
+        "provider",
+        _raw("Patient", b'"text":{"status":"generated","div":"' + b"x" * 1_100_000 + SENTINEL.encode() + b'"}'),
+    ),
 ]
 
 LONG_ID = "a" * 65 + SENTINEL
-BAD_IDS = [("id-too-long", LONG_ID), ("id-illegal-char", SENTINEL), ("id-nul", "a%00" + SENTINEL),
-           ("id-not-utf8", "a%FF" + SENTINEL), ("id-emoji", "%F0%9F%98%80" + SENTINEL)]
+BAD_IDS = [
+    ("id-too-long", LONG_ID),
+    ("id-illegal-char", SENTINEL),
+    ("id-nul", "a%00" + SENTINEL),
+    ("id-not-utf8", "a%FF" + SENTINEL),
+    ("id-emoji", "%F0%9F%98%80" + SENTINEL),
+]
 
 
 def _url_cases() -> list[Case]:
@@ -328,11 +457,22 @@ def _url_cases() -> list[Case]:
         Case("mark-read-get", "GET", "/fhir/Communication/{cid}/$mark-read", 405),
         Case("mark-unread-get", "GET", "/fhir/Communication/{cid}/$mark-unread", 405),
         Case("grant-get", "GET", "/fhir/Patient/{pid}/$grant-portal-access", 405),
-        Case("mark-read-body", "POST", "/fhir/Communication/{cid}/$mark-read", 400,
-             body=_j({"resourceType": "Parameters", "parameter": [{"name": "x", "valueString": SENTINEL}]})),
+        Case(
+            "mark-read-body",
+            "POST",
+            "/fhir/Communication/{cid}/$mark-read",
+            400,
+            body=_j({"resourceType": "Parameters", "parameter": [{"name": "x", "valueString": SENTINEL}]}),
+        ),
         Case("mark-read-query", "POST", f"/fhir/Communication/{{cid}}/$mark-read?x={SENTINEL}", 400),
-        Case("mark-read-non-utf8-body", "POST", "/fhir/Communication/{cid}/$mark-read", 400,
-             body=b"\xff\xfe" + SENTINEL.encode(), ctype="text/plain"),
+        Case(
+            "mark-read-non-utf8-body",
+            "POST",
+            "/fhir/Communication/{cid}/$mark-read",
+            400,
+            body=b"\xff\xfe" + SENTINEL.encode(),
+            ctype="text/plain",
+        ),
         Case("mark-unread-body", "POST", "/fhir/Communication/{cid}/$mark-unread", 400, body=_j({"x": SENTINEL})),
         Case("mark-unread-query", "POST", f"/fhir/Communication/{{cid}}/$mark-unread?x={SENTINEL}", 400),
         Case("mark-read-unknown-message", "POST", f"/fhir/Communication/{unknown}/$mark-read", 404),
@@ -340,8 +480,14 @@ def _url_cases() -> list[Case]:
         Case("unread-count-query", "GET", f"/fhir/Communication/$unread-count?x={SENTINEL}", 400),
         Case("unread-count-body", "POST", "/fhir/Communication/$unread-count", 400, body=_j({"x": SENTINEL})),
         Case("grant-body", "POST", "/fhir/Patient/{pid}/$grant-portal-access", 400, body=_j({"x": SENTINEL})),
-        Case("grant-non-utf8-body", "POST", "/fhir/Patient/{pid}/$grant-portal-access", 400,
-             body=b"\xff" + SENTINEL.encode(), ctype="text/plain"),
+        Case(
+            "grant-non-utf8-body",
+            "POST",
+            "/fhir/Patient/{pid}/$grant-portal-access",
+            400,
+            body=b"\xff" + SENTINEL.encode(),
+            ctype="text/plain",
+        ),
         Case("grant-query", "POST", f"/fhir/Patient/{{pid}}/$grant-portal-access?x={SENTINEL}", 400),
         Case("grant-unknown-patient", "POST", f"/fhir/Patient/{unknown}/$grant-portal-access", 404),
         Case("grant-by-patient", "POST", "/fhir/Patient/{pid}/$grant-portal-access", 403, "patient"),
@@ -370,23 +516,42 @@ def _method_cases() -> list[Case]:
         for method in METHODS:
             if method not in allowed:
                 body = _with("Patient/update", text={"status": "generated", "div": SENTINEL})
-                out.append(Case(f"method-{method}-{pattern}", method, path, 405,
-                                body=body if method in ("POST", "PUT", "PATCH") else None))
+                out.append(
+                    Case(
+                        f"method-{method}-{pattern}",
+                        method,
+                        path,
+                        405,
+                        body=body if method in ("POST", "PUT", "PATCH") else None,
+                    )
+                )
                 # The method is refused before the body is looked at (a 405, not a 415).
-                out.append(Case(f"method-{method}-{pattern}-text", method, path, 405, body=SENTINEL.encode(),
-                                ctype="text/plain"))
+                out.append(
+                    Case(
+                        f"method-{method}-{pattern}-text", method, path, 405, body=SENTINEL.encode(), ctype="text/plain"
+                    )
+                )
     return out
 
 
 def _content_type_cases() -> list[Case]:
     out = []
-    for ctype in ("text/plain", "application/xml", "application/fhir+xml", FORM, "multipart/form-data; boundary=x",
-                  "application/fhir+json; charset=latin-1", "application/json; charset=utf-16",
-                  f"application/{SENTINEL}+json", None):
+    for ctype in (
+        "text/plain",
+        "application/xml",
+        "application/fhir+xml",
+        FORM,
+        "multipart/form-data; boundary=x",
+        "application/fhir+json; charset=latin-1",
+        "application/json; charset=utf-16",
+        f"application/{SENTINEL}+json",
+        None,
+    ):
         label = (ctype or "none").split(";")[0].replace("/", "-") + ("-charset" if ctype and "charset" in ctype else "")
         out.append(Case(f"ctype-create-{label}", "POST", "/fhir/Patient", 415, body=_with("Patient"), ctype=ctype))
-        out.append(Case(f"ctype-update-{label}", "PUT", "/fhir/Patient/{pid}", 415, body=_with("Patient/update"),
-                        ctype=ctype))
+        out.append(
+            Case(f"ctype-update-{label}", "PUT", "/fhir/Patient/{pid}", 415, body=_with("Patient/update"), ctype=ctype)
+        )
     out += [
         Case("ctype-search-json", "POST", "/fhir/Patient/_search", 415, body=_j({"name": SENTINEL})),
         Case("ctype-search-none", "POST", "/fhir/Patient/_search", 415, body=f"name={SENTINEL}".encode(), ctype=None),
@@ -456,8 +621,14 @@ def _search_cases() -> list[Case]:
     for i, (rtype, who, query) in enumerate(OTHER_SEARCHES):
         out.append(Case(f"search-{rtype}-{i}", "GET", f"/fhir/{rtype}?{query}", 400, who))
     out += [
-        Case("search-post-raw-non-utf8", "POST", "/fhir/Patient/_search", 400,
-             body=b"name=\xff" + SENTINEL.encode(), ctype=FORM),
+        Case(
+            "search-post-raw-non-utf8",
+            "POST",
+            "/fhir/Patient/_search",
+            400,
+            body=b"name=\xff" + SENTINEL.encode(),
+            ctype=FORM,
+        ),
         Case("search-query-raw-non-utf8", "GET", "/fhir/Patient?name=%E9" + SENTINEL, 400),
     ]
     return out
@@ -465,18 +636,40 @@ def _search_cases() -> list[Case]:
 
 def _header_cases() -> list[Case]:
     out = []
-    for name, value in [("garbage", f"garbage{SENTINEL}"), ("weak-letters", f'W/"abc{SENTINEL}"'),
-                        ("weak-superscript", 'W/"\u00b2"'), ("list", 'W/"1", W/"2"'), ("star", "*"),
-                        ("empty", ""), ("trailing", f'W/"1"{SENTINEL}'), ("negative", 'W/"-1"')]:
+    for name, value in [
+        ("garbage", f"garbage{SENTINEL}"),
+        ("weak-letters", f'W/"abc{SENTINEL}"'),
+        ("weak-superscript", 'W/"\u00b2"'),
+        ("list", 'W/"1", W/"2"'),
+        ("star", "*"),
+        ("empty", ""),
+        ("trailing", f'W/"1"{SENTINEL}'),
+        ("negative", 'W/"-1"'),
+    ]:
         h = (("If-Match", value),)
-        out.append(Case(f"if-match-{name}", "PUT", "/fhir/Patient/{pid}", 400, body=_with("Patient/update"),
-                        headers=h))
+        out.append(Case(f"if-match-{name}", "PUT", "/fhir/Patient/{pid}", 400, body=_with("Patient/update"), headers=h))
         # A malformed If-Match is a 400 also when the resource does not exist (not a 412, not a create).
         new_id = f"new{uid()}"
-        out.append(Case(f"if-match-{name}-new-id", "PUT", f"/fhir/Patient/{new_id}", 400,
-                        body=_with("Patient", id=new_id), headers=h))
-    out.append(Case("if-match-stale", "PUT", "/fhir/Patient/{pid}", 412, body=_with("Patient/update"),
-                    headers=(("If-Match", 'W/"999"'),)))
+        out.append(
+            Case(
+                f"if-match-{name}-new-id",
+                "PUT",
+                f"/fhir/Patient/{new_id}",
+                400,
+                body=_with("Patient", id=new_id),
+                headers=h,
+            )
+        )
+    out.append(
+        Case(
+            "if-match-stale",
+            "PUT",
+            "/fhir/Patient/{pid}",
+            412,
+            body=_with("Patient/update"),
+            headers=(("If-Match", 'W/"999"'),),
+        )
+    )
     return out
 
 
@@ -489,13 +682,23 @@ def _bad_tokens(settings: Any, w: World) -> dict[str, str]:
 
     sk = signing_key(settings)
     now = int(time.time())
-    claims = {"iss": issuer(settings), "sub": "someone", "aud": settings.fhir_base, "client_id": "tests",
-              "scope": PROVIDER_SCOPE, "exp": now + 600, "iat": now, "jti": uuid.uuid4().hex, "role": "provider",
-              "fhirUser": w.ids["prac_ref"]}
+    claims = {
+        "iss": issuer(settings),
+        "sub": "someone",
+        "aud": settings.fhir_base,
+        "client_id": "tests",
+        "scope": PROVIDER_SCOPE,
+        "exp": now + 600,
+        "iat": now,
+        "jti": uuid.uuid4().hex,
+        "role": "provider",
+        "fhirUser": w.ids["prac_ref"],
+    }
 
     def signed(key: Any = None, header: dict[str, Any] | None = None, **changes: Any) -> str:
-        return jwt.encode(header or {"alg": "RS256", "kid": sk.kid}, {**claims, **changes}, key or sk.key,
-                          algorithms=["RS256"])
+        return jwt.encode(
+            header or {"alg": "RS256", "kid": sk.kid}, {**claims, **changes}, key or sk.key, algorithms=["RS256"]
+        )
 
     other = RSAKey.generate_key(2048)
     return {
@@ -525,15 +728,40 @@ TOKEN_TARGETS = [
     ("unread-count", "GET", "/fhir/Communication/$unread-count", None),
     ("grant", "POST", "/fhir/Patient/{pid}/$grant-portal-access", None),
 ]
-TOKEN_NAMES = ["garbage", "one-part", "expired", "other-key", "other-key-no-kid", "wrong-aud", "wrong-iss",
-               "issued-in-future", "exp-not-a-number", "unknown-kid", "alg-none", "alg-hs256", "too-long"]
-RAW_AUTH = [("basic", f"Basic {SENTINEL}"), ("bearer-empty", "Bearer "), ("scheme-only", "Bearer"),
-            ("no-scheme", SENTINEL), ("two-tokens", f"Bearer a.b.c, Bearer {SENTINEL}"),
-            ("non-ascii", "Bearer \u00ff\u00fe" + SENTINEL)]
+TOKEN_NAMES = [
+    "garbage",
+    "one-part",
+    "expired",
+    "other-key",
+    "other-key-no-kid",
+    "wrong-aud",
+    "wrong-iss",
+    "issued-in-future",
+    "exp-not-a-number",
+    "unknown-kid",
+    "alg-none",
+    "alg-hs256",
+    "too-long",
+]
+RAW_AUTH = [
+    ("basic", f"Basic {SENTINEL}"),
+    ("bearer-empty", "Bearer "),
+    ("scheme-only", "Bearer"),
+    ("no-scheme", SENTINEL),
+    ("two-tokens", f"Bearer a.b.c, Bearer {SENTINEL}"),
+    ("non-ascii", "Bearer \u00ff\u00fe" + SENTINEL),
+]
 
 
-CASES = _body_cases() + SPECIFIC_BODIES + _url_cases() + _method_cases() + _content_type_cases() \
-    + _search_cases() + _header_cases()
+CASES = (
+    _body_cases()
+    + SPECIFIC_BODIES
+    + _url_cases()
+    + _method_cases()
+    + _content_type_cases()
+    + _search_cases()
+    + _header_cases()
+)
 
 
 # -- the checks -----------------------------------------------------------------------------------
@@ -577,8 +805,9 @@ def test_bad_input_is_refused_clearly_and_writes_nothing(app: Any, client: Any, 
 
 
 @pytest.mark.parametrize("target", TOKEN_TARGETS, ids=[t[0] for t in TOKEN_TARGETS])
-def test_bad_bearer_tokens_are_401_and_write_nothing(app: Any, client: Any, settings: Any, world: World,
-                                                     target: tuple[str, str, str, Body]) -> None:
+def test_bad_bearer_tokens_are_401_and_write_nothing(
+    app: Any, client: Any, settings: Any, world: World, target: tuple[str, str, str, Body]
+) -> None:
     name, method, path, body = target
     tokens = _bad_tokens(settings, world)
     assert set(tokens) == set(TOKEN_NAMES)
@@ -609,17 +838,42 @@ def test_the_same_requests_succeed_when_well_formed(app: Any, client: Any, world
         Case("search-get-format", "GET", "/fhir/Patient?_count=5&_format=json", 200),
         Case("unread-count-format", "GET", "/fhir/Communication/$unread-count?_format=json", 200),
         Case("mark-read", "POST", "/fhir/Communication/{cid}/$mark-read", 200),
-        Case("create-charset", "POST", "/fhir/Patient", 201, "provider", _with("Patient"),
-             ctype="application/fhir+json; charset=UTF-8"),
-        Case("create-with-bom", "POST", "/fhir/Patient", 201, "provider",
-             lambda w: b"\xef\xbb\xbf" + _with("Patient")(w)),
-        Case("create-nested-extensions-20", "POST", "/fhir/Patient", 201, "provider",
-             _raw("Patient", _nested_extension(20))),
+        Case(
+            "create-charset",
+            "POST",
+            "/fhir/Patient",
+            201,
+            "provider",
+            _with("Patient"),
+            ctype="application/fhir+json; charset=UTF-8",
+        ),
+        Case(
+            "create-with-bom", "POST", "/fhir/Patient", 201, "provider", lambda w: b"\xef\xbb\xbf" + _with("Patient")(w)
+        ),
+        Case(
+            "create-nested-extensions-20",
+            "POST",
+            "/fhir/Patient",
+            201,
+            "provider",
+            _raw("Patient", _nested_extension(20)),
+        ),
     ]
     for case in ok:
         resp = _send(client, world, case)
         assert resp.status_code == case.status, (case.id, resp.get_data(as_text=True)[:500])
     # The patient update last, so that the world's stored copy stays at version 1 until now.
-    resp = _send(client, world, Case("update-patient", "PUT", "/fhir/Patient/{pid}", 200, "provider",
-                                     _with("Patient/update"), headers=(("If-Match", 'W/"1"'),)))
+    resp = _send(
+        client,
+        world,
+        Case(
+            "update-patient",
+            "PUT",
+            "/fhir/Patient/{pid}",
+            200,
+            "provider",
+            _with("Patient/update"),
+            headers=(("If-Match", 'W/"1"'),),
+        ),
+    )
     assert resp.status_code == 200, resp.get_data(as_text=True)[:500]

@@ -17,8 +17,10 @@ def test_parallel_sends_reads_and_counts(app, live_server, settings):
     with app.app_context():
         p = make_practice(db.session, settings)
         db.session.remove()
-    patient = {"Authorization": "Bearer " + token_for(app, settings, p.patient_user_id, PATIENT_SCOPE,
-                                                      patient=p.patient_id), "Content-Type": FHIR}
+    patient = {
+        "Authorization": "Bearer " + token_for(app, settings, p.patient_user_id, PATIENT_SCOPE, patient=p.patient_id),
+        "Content-Type": FHIR,
+    }
     provider = {"Authorization": "Bearer " + token_for(app, settings, p.provider_user_id, PROVIDER_SCOPE)}
     base = live_server.url + "/fhir"
 
@@ -37,6 +39,10 @@ def test_parallel_sends_reads_and_counts(app, live_server, settings):
     assert all(s == [201, 200, 200, 200] for s in statuses), statuses
     final = requests.get(f"{base}/Communication/$unread-count", headers=provider, timeout=30).json()
     assert final["parameter"][0]["valueInteger"] == 0
-    sent = requests.post(f"{base}/Communication/_search", data={"sender": p.patient_ref, "_count": "100"},
-                         headers={"Authorization": patient["Authorization"]}, timeout=30).json()
+    sent = requests.post(
+        f"{base}/Communication/_search",
+        data={"sender": p.patient_ref, "_count": "100"},
+        headers={"Authorization": patient["Authorization"]},
+        timeout=30,
+    ).json()
     assert len(sent["entry"]) == 32

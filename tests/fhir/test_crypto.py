@@ -32,17 +32,22 @@ def test_rotation_new_key_encrypts_old_key_still_decrypts(db_session, settings) 
     p = make_practice(db_session, settings)
     old_kid = settings.active_key_id
     before = Repository(db_session, settings, p.patient).create(
-        "Communication", message_json(p.patient_ref, p.practitioner_ref, body="before rotation"))
+        "Communication", message_json(p.patient_ref, p.practitioner_ref, body="before rotation")
+    )
     db_session.commit()
 
-    rotated = settings.with_(encryption_keys={"k-new": os.urandom(32), **settings.encryption_keys},
-                             active_key_id="k-new")
+    rotated = settings.with_(
+        encryption_keys={"k-new": os.urandom(32), **settings.encryption_keys}, active_key_id="k-new"
+    )
     repo = Repository(db_session, rotated, p.patient)
     after = repo.create("Communication", message_json(p.patient_ref, p.practitioner_ref, body="after rotation"))
     db_session.commit()
 
-    key_ids = dict(db_session.execute(select(ResourceRow.res_id, ResourceRow.key_id).where(
-        ResourceRow.res_id.in_([before.res_id, after.res_id]))).all())
+    key_ids = dict(
+        db_session.execute(
+            select(ResourceRow.res_id, ResourceRow.key_id).where(ResourceRow.res_id.in_([before.res_id, after.res_id]))
+        ).all()
+    )
     assert key_ids == {before.res_id: old_kid, after.res_id: "k-new"}
     assert repo.read("Communication", before.res_id).json()["payload"][0]["contentString"] == "before rotation"
     assert repo.read("Communication", after.res_id).json()["payload"][0]["contentString"] == "after rotation"

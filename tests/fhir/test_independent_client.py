@@ -31,18 +31,25 @@ def test_fhirclient_standalone_launch_reads_the_patients_messages(live_server, d
     practice = make_practice(db_session, settings)
     topic = f"Your results {uid()}"
     Repository(db_session, settings, practice.provider).create(
-        "Communication", message_json(practice.practitioner_ref, practice.patient_ref, topic=topic))
-    app_ = make_client(db_session, first_party=False, confidential=False,
-                       scope="launch/patient openid fhirUser patient/Communication.rs patient/Patient.rs")
+        "Communication", message_json(practice.practitioner_ref, practice.patient_ref, topic=topic)
+    )
+    app_ = make_client(
+        db_session,
+        first_party=False,
+        confidential=False,
+        scope="launch/patient openid fhirUser patient/Communication.rs patient/Patient.rs",
+    )
     db_session.commit()
     base = live_server.url
 
-    smart = fhir_client.FHIRClient(settings={
-        "app_id": app_.client_id,
-        "api_base": settings.fhir_base,
-        "redirect_uri": app_.redirect_uri,
-        "scope": "launch/patient openid fhirUser patient/Communication.rs patient/Patient.rs",
-    })
+    smart = fhir_client.FHIRClient(
+        settings={
+            "app_id": app_.client_id,
+            "api_base": settings.fhir_base,
+            "redirect_uri": app_.redirect_uri,
+            "scope": "launch/patient openid fhirUser patient/Communication.rs patient/Patient.rs",
+        }
+    )
     authorize_url = smart.authorize_url  # discovered from /metadata's oauth-uris extension
     assert "code_challenge_method=S256" in authorize_url
 
@@ -50,8 +57,12 @@ def test_fhirclient_standalone_launch_reads_the_patients_messages(live_server, d
     r = browser.get(authorize_url, allow_redirects=False, timeout=10)
     login_page = browser.get(urljoin(base, r.headers["Location"]), timeout=10)
     csrf = re.search(r'name="csrf_token" value="([^"]+)"', login_page.text).group(1)
-    r = browser.post(f"{base}/auth/login", data={"csrf_token": csrf, "username": practice.patient_username,
-                                                 "password": practice.password}, allow_redirects=False, timeout=10)
+    r = browser.post(
+        f"{base}/auth/login",
+        data={"csrf_token": csrf, "username": practice.patient_username, "password": practice.password},
+        allow_redirects=False,
+        timeout=10,
+    )
     r = browser.get(urljoin(base, r.headers["Location"]), allow_redirects=False, timeout=10)
     # A third-party app: the consent page lists the scopes; the patient approves them.
     consent = browser.get(urljoin(base, r.headers["Location"]), timeout=10) if r.status_code in (302, 303) else r
@@ -60,8 +71,9 @@ def test_fhirclient_standalone_launch_reads_the_patients_messages(live_server, d
     scopes = re.findall(r'name="scope" id="[^"]+" value="([^"]+)"', consent.text)
     action = re.search(r'<form[^>]*action="([^"]*)"', consent.text)
     target = urljoin(consent.url, action.group(1) if action and action.group(1) else consent.url)
-    r = browser.post(target, data={"csrf_token": csrf, "scope": scopes, "action": "approve"},
-                     allow_redirects=False, timeout=10)
+    r = browser.post(
+        target, data={"csrf_token": csrf, "scope": scopes, "action": "approve"}, allow_redirects=False, timeout=10
+    )
     callback = _follow(browser, base, r, app_.redirect_uri)
 
     smart.handle_callback(callback)

@@ -5,13 +5,23 @@ from __future__ import annotations
 import subprocess
 import sys
 
-CORE = ["fhirserver.core.repository", "fhirserver.core.router", "fhirserver.core.access",
-        "fhirserver.search.query", "fhirserver.webmail.operations", "fhirserver.rules", "notifier.tasks"]
+CORE = [
+    "fhirserver.core.repository",
+    "fhirserver.core.router",
+    "fhirserver.core.access",
+    "fhirserver.search.query",
+    "fhirserver.webmail.operations",
+    "fhirserver.rules",
+    "notifier.tasks",
+]
 
 
 def _loaded_after_import(modules: list[str]) -> set[str]:
-    code = ("import sys\n" + "".join(f"import {m}\n" for m in modules)
-            + "print(' '.join(sorted({n.split('.')[0] for n in sys.modules})))")
+    code = (
+        "import sys\n"
+        + "".join(f"import {m}\n" for m in modules)
+        + "print(' '.join(sorted({n.split('.')[0] for n in sys.modules})))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return set(out.stdout.split())
 

@@ -30,8 +30,9 @@ def _all_bytes(session) -> bytes:
 def test_body_sentinel_absent_from_database_and_logs(app, client, practice, patient_headers, provider_headers, caplog):  # noqa: F811
     sentinel = f"ZZPHI{uid()}"
     caplog.set_level(logging.DEBUG)
-    msg = message_json(practice.patient_ref, practice.practitioner_ref, topic=f"Subj {sentinel}",
-                       body=f"Body {sentinel}")
+    msg = message_json(
+        practice.patient_ref, practice.practitioner_ref, topic=f"Subj {sentinel}", body=f"Body {sentinel}"
+    )
     resp = client.post("/fhir/Communication", data=json.dumps(msg), headers={**patient_headers, "Content-Type": FHIR})
     assert resp.status_code == 201
     cid = resp.get_json(force=True)["id"]
@@ -48,8 +49,14 @@ def test_body_sentinel_absent_from_database_and_logs(app, client, practice, pati
 
 
 def test_query_strings_are_stripped_from_log_lines():
-    record = logging.LogRecord("werkzeug", logging.INFO, __file__, 1,
-                               '127.0.0.1 - - "GET /fhir/Patient?name=Smith&birthdate=1980 HTTP/1.1" 200 -',
-                               None, None)
+    record = logging.LogRecord(
+        "werkzeug",
+        logging.INFO,
+        __file__,
+        1,
+        '127.0.0.1 - - "GET /fhir/Patient?name=Smith&birthdate=1980 HTTP/1.1" 200 -',
+        None,
+        None,
+    )
     StripQueryStrings().filter(record)
     assert "Smith" not in record.getMessage() and "/fhir/Patient?[redacted]" in record.getMessage()

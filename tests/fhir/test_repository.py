@@ -94,19 +94,25 @@ def test_communication_encrypted_at_rest(db_session, settings):
     practice = make_practice(db_session, settings)
     sentinel = f"ZZSENTINEL{uid()}"
     repo = Repository(db_session, settings, practice.provider)
-    stored = repo.create("Communication", message_json(practice.practitioner_ref, practice.patient_ref,
-                                                       topic=f"T {sentinel}", body=f"B {sentinel}"))
+    stored = repo.create(
+        "Communication",
+        message_json(practice.practitioner_ref, practice.patient_ref, topic=f"T {sentinel}", body=f"B {sentinel}"),
+    )
     db_session.commit()
     assert sentinel in stored.raw.decode()
-    raw_rows = [r.content for r in db_session.execute(
-        select(ResourceRow).where(ResourceRow.res_id == stored.res_id)).scalars()]
-    raw_rows += [r.content for r in db_session.execute(
-        select(ResourceVersionRow).where(ResourceVersionRow.res_id == stored.res_id)).scalars()]
+    raw_rows = [
+        r.content for r in db_session.execute(select(ResourceRow).where(ResourceRow.res_id == stored.res_id)).scalars()
+    ]
+    raw_rows += [
+        r.content
+        for r in db_session.execute(
+            select(ResourceVersionRow).where(ResourceVersionRow.res_id == stored.res_id)
+        ).scalars()
+    ]
     assert raw_rows and all(sentinel.encode() not in (c or b"") for c in raw_rows)
     strings = db_session.execute(select(IdxString.value).where(IdxString.res_id == stored.res_id)).scalars()
     assert all(sentinel.lower() not in s for s in strings)
-    refs = set(db_session.execute(select(IdxReference.param).where(
-        IdxReference.res_id == stored.res_id)).scalars())
+    refs = set(db_session.execute(select(IdxReference.param).where(IdxReference.res_id == stored.res_id)).scalars())
     assert {"sender", "recipient", "subject"} <= refs
     # And the read decrypts.
     assert sentinel in repo.read("Communication", stored.res_id).json()["payload"][0]["contentString"]
@@ -128,8 +134,13 @@ def test_patient_cannot_reassign_their_primary_provider(db_session, settings):
     """Even with write scopes: else a patient could make any provider theirs and write to them."""
     a = make_practice(db_session, settings)
     b = make_practice(db_session, settings)
-    patient = Principal(role="patient", scopes=ScopeSet.parse("patient/*.cruds"), user_id=a.patient_user_id,
-                        fhir_user=a.patient_ref, patient=a.patient_id)
+    patient = Principal(
+        role="patient",
+        scopes=ScopeSet.parse("patient/*.cruds"),
+        user_id=a.patient_user_id,
+        fhir_user=a.patient_ref,
+        patient=a.patient_id,
+    )
     repo = Repository(db_session, settings, patient)
     me = repo.read("Patient", a.patient_id).json()
     me["generalPractitioner"] = [{"reference": b.practitioner_ref}]
@@ -171,8 +182,12 @@ def test_admin_gets_no_phi_and_auditor_only_audit(db_session, settings):
 
 def test_missing_scope_is_403(db_session, settings):
     a = make_practice(db_session, settings)
-    reader = Principal(role="provider", scopes=ScopeSet.parse("user/Patient.r"), user_id=a.provider_user_id,
-                       fhir_user=a.practitioner_ref)
+    reader = Principal(
+        role="provider",
+        scopes=ScopeSet.parse("user/Patient.r"),
+        user_id=a.provider_user_id,
+        fhir_user=a.practitioner_ref,
+    )
     repo = Repository(db_session, settings, reader)
     assert repo.read("Patient", a.patient_id)
     with pytest.raises(FhirError) as exc:
@@ -199,12 +214,20 @@ def test_staff_see_their_providers_patients_and_cannot_send(db_session, settings
     a = make_practice(db_session, settings)
     b = make_practice(db_session, settings)
     Repository(db_session, settings, a.patient).create(
-        "Communication", message_json(a.patient_ref, a.practitioner_ref, topic="for the office"))
-    user = accounts.create_user(db_session, username=f"staff{uid()}", password="correct horse battery staple",
-                                role="staff", staff_of=[a.practitioner_ref], settings=settings)
+        "Communication", message_json(a.patient_ref, a.practitioner_ref, topic="for the office")
+    )
+    user = accounts.create_user(
+        db_session,
+        username=f"staff{uid()}",
+        password="correct horse battery staple",
+        role="staff",
+        staff_of=[a.practitioner_ref],
+        settings=settings,
+    )
     db_session.commit()
-    staff = Principal(role="staff", scopes=ScopeSet.parse(PROVIDER_SCOPE), user_id=user.id,
-                      staff_of=(a.practitioner_ref,))
+    staff = Principal(
+        role="staff", scopes=ScopeSet.parse(PROVIDER_SCOPE), user_id=user.id, staff_of=(a.practitioner_ref,)
+    )
     repo = Repository(db_session, settings, staff)
     assert repo.read("Patient", a.patient_id)
     with pytest.raises(FhirError) as exc:

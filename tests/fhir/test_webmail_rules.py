@@ -15,8 +15,9 @@ from tests.support import uid
 
 
 def _outbox_count(session, comm_id: str) -> int:
-    return session.execute(select(func.count()).select_from(OutboxRow).where(
-        OutboxRow.subject_id == comm_id)).scalar_one()
+    return session.execute(
+        select(func.count()).select_from(OutboxRow).where(OutboxRow.subject_id == comm_id)
+    ).scalar_one()
 
 
 def test_provider_to_patient_stamps_and_queues_one_notification(db_session, settings):
@@ -41,8 +42,9 @@ def test_outbox_row_rolls_back_with_the_message(db_session, settings):
     assert _outbox_count(db_session, stored.res_id) == 0
 
 
-@pytest.mark.parametrize("field,expr", [("topic", "Communication.topic.text"),
-                                        ("payload", "Communication.payload.contentString")])
+@pytest.mark.parametrize(
+    "field,expr", [("topic", "Communication.topic.text"), ("payload", "Communication.payload.contentString")]
+)
 def test_subject_and_body_required(db_session, settings, field, expr):
     p = make_practice(db_session, settings)
     msg = message_json(p.practitioner_ref, p.patient_ref)
@@ -58,11 +60,13 @@ def test_forged_sender_is_403(db_session, settings):
     b = make_practice(db_session, settings)
     with pytest.raises(FhirError) as exc:
         Repository(db_session, settings, a.patient).create(
-            "Communication", message_json(b.patient_ref, b.practitioner_ref))
+            "Communication", message_json(b.patient_ref, b.practitioner_ref)
+        )
     assert exc.value.status == 403
     with pytest.raises(FhirError) as exc:
         Repository(db_session, settings, a.provider).create(
-            "Communication", message_json(b.practitioner_ref, a.patient_ref))
+            "Communication", message_json(b.practitioner_ref, a.patient_ref)
+        )
     assert exc.value.status == 403
 
 
@@ -97,7 +101,8 @@ def test_provider_must_be_primary_provider(db_session, settings):
     for target in (b.patient_ref, f"Patient/nobody{uid()}"):
         with pytest.raises(FhirError) as exc:
             Repository(db_session, settings, a.provider).create(
-                "Communication", message_json(a.practitioner_ref, target))
+                "Communication", message_json(a.practitioner_ref, target)
+            )
         db_session.rollback()
         answers.append((exc.value.status, exc.value.to_operation_outcome()))
     assert answers[0] == answers[1] and answers[0][0] == 422
@@ -107,7 +112,8 @@ def test_patient_without_email_or_portal_access_is_named(db_session, settings):
     p = make_practice(db_session, settings, email=False, portal=False)
     with pytest.raises(FhirError) as exc:
         Repository(db_session, settings, p.provider).create(
-            "Communication", message_json(p.practitioner_ref, p.patient_ref))
+            "Communication", message_json(p.practitioner_ref, p.patient_ref)
+        )
     assert exc.value.status == 422
     text = " ".join(i.diagnostics for i in exc.value.issues)
     assert "email" in text and "portal access" in text
@@ -123,27 +129,50 @@ def test_any_primary_provider_may_send(db_session, settings):
     patient = repo.read("Patient", p.patient_id).json()
     patient["generalPractitioner"].append({"reference": f"Practitioner/{second.res_id}"})
     repo.update("Patient", p.patient_id, patient)
-    user = accounts.create_user(db_session, username=f"second{uid()}", password="correct horse battery",
-                                role="provider", fhir_user=f"Practitioner/{second.res_id}")
+    user = accounts.create_user(
+        db_session,
+        username=f"second{uid()}",
+        password="correct horse battery",
+        role="provider",
+        fhir_user=f"Practitioner/{second.res_id}",
+    )
     db_session.commit()
-    principal = Principal(role="provider", scopes=ScopeSet.parse(PROVIDER_SCOPE), user_id=user.id,
-                          fhir_user=f"Practitioner/{second.res_id}")
+    principal = Principal(
+        role="provider",
+        scopes=ScopeSet.parse(PROVIDER_SCOPE),
+        user_id=user.id,
+        fhir_user=f"Practitioner/{second.res_id}",
+    )
     stored = Repository(db_session, settings, principal).create(
-        "Communication", message_json(f"Practitioner/{second.res_id}", p.patient_ref))
+        "Communication", message_json(f"Practitioner/{second.res_id}", p.patient_ref)
+    )
     assert stored.json()["sender"]["reference"] == f"Practitioner/{second.res_id}"
 
 
 def test_reply_threads_to_first_message(db_session, settings):
     p = make_practice(db_session, settings)
     first = Repository(db_session, settings, p.provider).create(
-        "Communication", message_json(p.practitioner_ref, p.patient_ref, topic="Results"))
+        "Communication", message_json(p.practitioner_ref, p.patient_ref, topic="Results")
+    )
     reply = Repository(db_session, settings, p.patient).create(
-        "Communication", message_json(p.patient_ref, p.practitioner_ref, topic="RE: Results",
-                                      inResponseTo=[{"reference": f"Communication/{first.res_id}"}]))
+        "Communication",
+        message_json(
+            p.patient_ref,
+            p.practitioner_ref,
+            topic="RE: Results",
+            inResponseTo=[{"reference": f"Communication/{first.res_id}"}],
+        ),
+    )
     assert reply.json()["partOf"] == [{"reference": f"Communication/{first.res_id}"}]
     second = Repository(db_session, settings, p.provider).create(
-        "Communication", message_json(p.practitioner_ref, p.patient_ref, topic="RE: RE: Results",
-                                      inResponseTo=[{"reference": f"Communication/{reply.res_id}"}]))
+        "Communication",
+        message_json(
+            p.practitioner_ref,
+            p.patient_ref,
+            topic="RE: RE: Results",
+            inResponseTo=[{"reference": f"Communication/{reply.res_id}"}],
+        ),
+    )
     assert second.json()["partOf"] == [{"reference": f"Communication/{first.res_id}"}]
 
 
@@ -151,11 +180,15 @@ def test_reply_to_unknown_or_foreign_message_is_422(db_session, settings):
     a = make_practice(db_session, settings)
     b = make_practice(db_session, settings)
     foreign = Repository(db_session, settings, b.provider).create(
-        "Communication", message_json(b.practitioner_ref, b.patient_ref))
+        "Communication", message_json(b.practitioner_ref, b.patient_ref)
+    )
     with pytest.raises(FhirError) as exc:
         Repository(db_session, settings, a.patient).create(
-            "Communication", message_json(a.patient_ref, a.practitioner_ref,
-                                          inResponseTo=[{"reference": f"Communication/{foreign.res_id}"}]))
+            "Communication",
+            message_json(
+                a.patient_ref, a.practitioner_ref, inResponseTo=[{"reference": f"Communication/{foreign.res_id}"}]
+            ),
+        )
     assert exc.value.status == 422
 
 
@@ -175,7 +208,8 @@ def test_practitioner_to_practitioner(db_session, settings):
     a = make_practice(db_session, settings)
     b = make_practice(db_session, settings)
     stored = Repository(db_session, settings, a.provider).create(
-        "Communication", message_json(a.practitioner_ref, b.practitioner_ref))
+        "Communication", message_json(a.practitioner_ref, b.practitioner_ref)
+    )
     db_session.commit()
     assert "subject" not in stored.json()
     assert Repository(db_session, settings, b.provider).read("Communication", stored.res_id)
@@ -206,8 +240,12 @@ def test_unread_count_and_read_receipts(db_session, settings):
 def test_provider_contact_requires_demographics(db_session, settings):
     p = make_practice(db_session, settings)
     tag = {"system": "http://fhir-webmail.example/CodeSystem/patient-tag", "code": "provider-contact"}
-    incomplete = {"resourceType": "Patient", "meta": {"tag": [tag]}, "name": [{"family": "Lee"}],
-                  "generalPractitioner": [{"reference": p.practitioner_ref}]}
+    incomplete = {
+        "resourceType": "Patient",
+        "meta": {"tag": [tag]},
+        "name": [{"family": "Lee"}],
+        "generalPractitioner": [{"reference": p.practitioner_ref}],
+    }
     with pytest.raises(FhirError) as exc:
         Repository(db_session, settings, p.provider).create("Patient", incomplete)
     assert exc.value.status == 422
@@ -217,7 +255,8 @@ def test_provider_contact_requires_demographics(db_session, settings):
     assert Repository(db_session, settings, p.provider).create("Patient", complete)
     # Ordinary patients keep FHIR's own rules: no email needed.
     assert Repository(db_session, settings, p.provider).create(
-        "Patient", patient_json([p.practitioner_ref], email=False))
+        "Patient", patient_json([p.practitioner_ref], email=False)
+    )
 
 
 def test_co_provider_cannot_send_as_the_other_primary_provider(db_session, settings):
@@ -231,12 +270,23 @@ def test_co_provider_cannot_send_as_the_other_primary_provider(db_session, setti
     patient = repo.read("Patient", p.patient_id).json()
     patient["generalPractitioner"].append({"reference": f"Practitioner/{second.res_id}"})
     repo.update("Patient", p.patient_id, patient)
-    user = accounts.create_user(db_session, username=f"co{uid()}", password="correct horse battery staple",
-                                role="provider", fhir_user=f"Practitioner/{second.res_id}", settings=settings)
+    user = accounts.create_user(
+        db_session,
+        username=f"co{uid()}",
+        password="correct horse battery staple",
+        role="provider",
+        fhir_user=f"Practitioner/{second.res_id}",
+        settings=settings,
+    )
     db_session.commit()
-    principal = Principal(role="provider", scopes=ScopeSet.parse(PROVIDER_SCOPE), user_id=user.id,
-                          fhir_user=f"Practitioner/{second.res_id}")
+    principal = Principal(
+        role="provider",
+        scopes=ScopeSet.parse(PROVIDER_SCOPE),
+        user_id=user.id,
+        fhir_user=f"Practitioner/{second.res_id}",
+    )
     with pytest.raises(FhirError) as exc:
         Repository(db_session, settings, principal).create(
-            "Communication", message_json(p.practitioner_ref, p.patient_ref))
+            "Communication", message_json(p.practitioner_ref, p.patient_ref)
+        )
     assert exc.value.status == 403

@@ -40,14 +40,24 @@ def worker_database(backend: str, tmp_path_factory: pytest.TempPathFactory) -> I
                 maker.kw["bind"].dispose()
 
 
-def create_patient(maker: sessionmaker[Session], settings: Settings, *, address: str | None,
-                   family: str = "Rivera", given: str = "Lena") -> str:
+def create_patient(
+    maker: sessionmaker[Session],
+    settings: Settings,
+    *,
+    address: str | None,
+    family: str = "Rivera",
+    given: str = "Lena",
+) -> str:
     """A Patient written through the repository; returns its id."""
     telecom: list[dict[str, Any]] = [{"system": "phone", "value": "555-0100"}]
     if address:
         telecom.append({"system": "email", "value": address})
-    body = {"resourceType": "Patient", "name": [{"family": family, "given": [given]}],
-            "birthDate": "1980-04-02", "telecom": telecom}
+    body = {
+        "resourceType": "Patient",
+        "name": [{"family": family, "given": [given]}],
+        "birthDate": "1980-04-02",
+        "telecom": telecom,
+    }
     with maker() as session, session.begin():
         return Repository(session, settings, system_principal("tests")).create("Patient", body).res_id
 
@@ -65,15 +75,29 @@ def sentinel_patient(maker: sessionmaker[Session], settings: Settings) -> tuple[
     return patient_id, address, family
 
 
-def add_outbox(session: Session, settings: Settings, patient_id: str, *, comm_id: str | None = None,
-               created_at: datetime | None = None, message_id: str | None = None) -> OutboxRow:
+def add_outbox(
+    session: Session,
+    settings: Settings,
+    patient_id: str,
+    *,
+    comm_id: str | None = None,
+    created_at: datetime | None = None,
+    message_id: str | None = None,
+) -> OutboxRow:
     """Insert a pending outbox row as the WebMail writer does (flushed, id listed in session.info)."""
     comm_id = comm_id or f"{SENTINEL.lower()}-comm-{uid()}"
     ref = f"Patient/{patient_id}"
-    row = OutboxRow(kind=NOTIFY_KIND, subject_id=comm_id, recipient_ref=ref, status="pending",
-                    attempts=0, created_at=created_at or datetime.now(UTC),
-                    message_id=message_id_for(comm_id, ref, settings.mail_from, secret=settings.secret_key)
-                    if message_id is None else message_id)
+    row = OutboxRow(
+        kind=NOTIFY_KIND,
+        subject_id=comm_id,
+        recipient_ref=ref,
+        status="pending",
+        attempts=0,
+        created_at=created_at or datetime.now(UTC),
+        message_id=message_id_for(comm_id, ref, settings.mail_from, secret=settings.secret_key)
+        if message_id is None
+        else message_id,
+    )
     session.add(row)
     session.flush()
     session.info.setdefault("outbox_new", []).append(row.id)

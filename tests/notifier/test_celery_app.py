@@ -17,8 +17,7 @@ def test_configuration(tmp_path: Path) -> None:
     app = make_celery(cfg)
     conf = app.conf
     assert settings_of(app) is cfg
-    assert (conf.task_acks_late, conf.task_reject_on_worker_lost, conf.worker_prefetch_multiplier) == \
-        (True, True, 1)
+    assert (conf.task_acks_late, conf.task_reject_on_worker_lost, conf.worker_prefetch_multiplier) == (True, True, 1)
     assert conf.task_serializer == "json" and list(conf.accept_content) == ["json"]
     assert conf.task_ignore_result is True and not conf.result_backend
     assert conf.task_always_eager is False

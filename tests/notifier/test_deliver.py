@@ -18,8 +18,9 @@ def _row(maker: sessionmaker[Session], settings: Settings, patient_id: str, **kw
         return add_outbox(session, settings, patient_id, **kw).id  # type: ignore[arg-type]
 
 
-def test_sends_once_with_link_and_no_phi(nsettings: Settings, maker: sessionmaker[Session],
-                                         mailbox: MailCatcher) -> None:
+def test_sends_once_with_link_and_no_phi(
+    nsettings: Settings, maker: sessionmaker[Session], mailbox: MailCatcher
+) -> None:
     pid, address, family = sentinel_patient(maker, nsettings)
     comm_id = f"zzphisentinel-comm-{uid()}"
     oid = _row(maker, nsettings, pid, comm_id=comm_id)
@@ -40,8 +41,9 @@ def test_sends_once_with_link_and_no_phi(nsettings: Settings, maker: sessionmake
     assert mail.raw.decode().count(address) == 1
 
 
-def test_missing_message_id_is_computed(nsettings: Settings, maker: sessionmaker[Session],
-                                        mailbox: MailCatcher) -> None:
+def test_missing_message_id_is_computed(
+    nsettings: Settings, maker: sessionmaker[Session], mailbox: MailCatcher
+) -> None:
     address = f"pt.{uid()}@mail.example"
     pid = create_patient(maker, nsettings, address=address)
     oid = _row(maker, nsettings, pid, message_id="")
@@ -89,8 +91,9 @@ def test_smtp_down_counts_attempts_then_fails(settings: Settings, maker: session
     assert outbox_row(maker, oid).attempts == MAX_ATTEMPTS
 
 
-def test_permanent_refusal_fails_at_once(nsettings: Settings, maker: sessionmaker[Session],
-                                         mailbox: MailCatcher) -> None:
+def test_permanent_refusal_fails_at_once(
+    nsettings: Settings, maker: sessionmaker[Session], mailbox: MailCatcher
+) -> None:
     mailbox.refuse = True
     address = f"pt.{uid()}@mail.example"
     pid = create_patient(maker, nsettings, address=address)
@@ -101,15 +104,15 @@ def test_permanent_refusal_fails_at_once(nsettings: Settings, maker: sessionmake
     assert address not in (row.last_error or "")
 
 
-def test_concurrent_deliveries_send_one_email(nsettings: Settings, maker: sessionmaker[Session],
-                                              mailbox: MailCatcher) -> None:
+def test_concurrent_deliveries_send_one_email(
+    nsettings: Settings, maker: sessionmaker[Session], mailbox: MailCatcher
+) -> None:
     mailbox.delay = 0.5  # the first sender holds the row while the others arrive
     address = f"pt.{uid()}@mail.example"
     pid = create_patient(maker, nsettings, address=address)
     oid = _row(maker, nsettings, pid)
     results: list[str] = []
-    threads = [threading.Thread(target=lambda: results.append(deliver(nsettings, maker, oid).status))
-               for _ in range(3)]
+    threads = [threading.Thread(target=lambda: results.append(deliver(nsettings, maker, oid).status)) for _ in range(3)]
     for t in threads:
         t.start()
     for t in threads:

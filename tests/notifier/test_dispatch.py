@@ -19,16 +19,14 @@ from tests.support import MailCatcher, free_port, test_env, uid
 
 
 @pytest.fixture(scope="module")
-def base_settings(own_database: str,
-                  tmp_path_factory: pytest.TempPathFactory) -> Settings:
+def base_settings(own_database: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     env = test_env(tmp_path_factory.mktemp("dispatch"), own_database, free_port())
     return load_settings(env)
 
 
 @pytest.fixture()
 def eager(base_settings: Settings, mailbox: MailCatcher) -> Iterator[Settings]:
-    cfg = base_settings.with_(smtp_url=mailbox.url, notify_dispatch="celery", celery_eager=True,
-                              notify_retry_backoff=1)
+    cfg = base_settings.with_(smtp_url=mailbox.url, notify_dispatch="celery", celery_eager=True, notify_retry_backoff=1)
     dispatch.install(cfg)
     yield cfg
     dispatch.install(cfg.with_(notify_dispatch="none"))
@@ -110,8 +108,9 @@ def test_flask_sqlalchemy_sessions_dispatch_too(eager: Settings, mailbox: MailCa
     from fhirserver.db import configure_sqlite, engine_options
 
     web = Flask("dispatch-test")
-    web.config.update(SQLALCHEMY_DATABASE_URI=eager.database_url,
-                      SQLALCHEMY_ENGINE_OPTIONS=engine_options(eager.database_url))
+    web.config.update(
+        SQLALCHEMY_DATABASE_URI=eager.database_url, SQLALCHEMY_ENGINE_OPTIONS=engine_options(eager.database_url)
+    )
     fsa = SQLAlchemy()
     fsa.init_app(web)
     pid, address = _patient(session_maker(eager), eager)

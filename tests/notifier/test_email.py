@@ -12,10 +12,15 @@ from fhirserver.config import Settings
 from notifier.email import build_notification, email_of, is_valid_address, message_id_for, portal_link
 from notifier.smtp import SmtpUrlError, is_permanent, parse_smtp_url
 
-SETTINGS = Settings(database_url="sqlite://", base_url="https://portal.example:8443",
-                    mail_from="notify@clinic.example", office_name="Lakeside Clinic",
-                    notify_subject="A secure message is waiting",
-                    notify_body="Hello from [OFFICE]. Log in: [URL]\nThanks, [OFFICE]\n", secret_key="s3cret")
+SETTINGS = Settings(
+    database_url="sqlite://",
+    base_url="https://portal.example:8443",
+    mail_from="notify@clinic.example",
+    office_name="Lakeside Clinic",
+    notify_subject="A secure message is waiting",
+    notify_body="Hello from [OFFICE]. Log in: [URL]\nThanks, [OFFICE]\n",
+    secret_key="s3cret",
+)
 
 
 def test_body_fills_placeholders_and_nothing_else() -> None:
@@ -23,8 +28,9 @@ def test_body_fills_placeholders_and_nothing_else() -> None:
     raw = msg.as_bytes()
     parsed = email.message_from_bytes(raw, policy=email.policy.default)
     body = parsed.get_body().get_content()  # type: ignore[union-attr]
-    assert body == ("Hello from Lakeside Clinic. Log in: https://portal.example:8443/portal/\n"
-                    "Thanks, Lakeside Clinic\n")
+    assert body == (
+        "Hello from Lakeside Clinic. Log in: https://portal.example:8443/portal/\nThanks, Lakeside Clinic\n"
+    )
     assert parsed["To"] == "pt.abc@mail.example"
     assert parsed["From"] == "Lakeside Clinic <notify@clinic.example>"
     assert parsed["Subject"] == "A secure message is waiting"
@@ -51,19 +57,29 @@ def test_message_id_is_stable_keyed_and_opaque() -> None:
     assert "c0ffee" not in first and "5678" not in first
 
 
-@pytest.mark.parametrize("telecom, expected", [
-    ([{"system": "phone", "value": "555"}], None),
-    ([{"system": "email", "value": "a@x.example"}], "a@x.example"),
-    ([{"system": "email", "value": "old@x.example", "use": "old"}, {"system": "email", "value": "b@x.example"}],
-     "b@x.example"),
-    ([{"system": "email", "value": "c@x.example", "rank": 2}, {"system": "email", "value": "d@x.example",
-                                                               "rank": 1}], "d@x.example"),
-    ([{"system": "email", "value": "gone@x.example", "period": {"end": "2001-01-01"}}], None),
-    ([{"system": "email", "value": "later@x.example", "period": {"end": "2999-01-01"}}], "later@x.example"),
-    ([{"system": "email", "value": "evil@x.example\r\nBcc: all@x.example"}], None),
-    ([{"system": "email", "value": "Name <n@x.example>"}], None),
-    ([{"system": "email", "value": "no-at-sign"}], None),
-])
+@pytest.mark.parametrize(
+    "telecom, expected",
+    [
+        ([{"system": "phone", "value": "555"}], None),
+        ([{"system": "email", "value": "a@x.example"}], "a@x.example"),
+        (
+            [{"system": "email", "value": "old@x.example", "use": "old"}, {"system": "email", "value": "b@x.example"}],
+            "b@x.example",
+        ),
+        (
+            [
+                {"system": "email", "value": "c@x.example", "rank": 2},
+                {"system": "email", "value": "d@x.example", "rank": 1},
+            ],
+            "d@x.example",
+        ),
+        ([{"system": "email", "value": "gone@x.example", "period": {"end": "2001-01-01"}}], None),
+        ([{"system": "email", "value": "later@x.example", "period": {"end": "2999-01-01"}}], "later@x.example"),
+        ([{"system": "email", "value": "evil@x.example\r\nBcc: all@x.example"}], None),
+        ([{"system": "email", "value": "Name <n@x.example>"}], None),
+        ([{"system": "email", "value": "no-at-sign"}], None),
+    ],
+)
 def test_email_of(telecom: list[dict[str, object]], expected: str | None) -> None:
     assert email_of({"resourceType": "Patient", "telecom": telecom}) == expected
 
@@ -77,11 +93,22 @@ def test_address_check() -> None:
 
 def test_smtp_url_forms() -> None:
     plain = parse_smtp_url("smtp://127.0.0.1:8025")
-    assert (plain.host, plain.port, plain.implicit_tls, plain.starttls, plain.username) == \
-        ("127.0.0.1", 8025, False, False, "")
+    assert (plain.host, plain.port, plain.implicit_tls, plain.starttls, plain.username) == (
+        "127.0.0.1",
+        8025,
+        False,
+        False,
+        "",
+    )
     tls = parse_smtp_url("smtps://us%40er:p%3Ass@mail.example?timeout=3")
-    assert (tls.host, tls.port, tls.implicit_tls, tls.username, tls.password, tls.timeout) == \
-        ("mail.example", 465, True, "us@er", "p:ss", 3.0)
+    assert (tls.host, tls.port, tls.implicit_tls, tls.username, tls.password, tls.timeout) == (
+        "mail.example",
+        465,
+        True,
+        "us@er",
+        "p:ss",
+        3.0,
+    )
     assert "p:ss" not in repr(tls)
     start = parse_smtp_url("smtp://u:p@mail.example:587?starttls=1")
     assert start.starttls and not start.implicit_tls and start.port == 587

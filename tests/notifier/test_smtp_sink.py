@@ -24,8 +24,9 @@ def test_sink_writes_eml_files(tmp_path: Path, caplog: pytest.LogCaptureFixture)
         for n in range(2):
             msg = build_notification(cfg, f"pt{n}@mail.example", f"<sink-{n}@practice.example>")
             smtp.send(cfg.smtp_url, msg, cfg.mail_from, f"pt{n}@mail.example")
-        files = wait_until(lambda: sorted(folder.glob("*.eml")) if len(list(folder.glob("*.eml"))) == 2
-                           else None, 10, "two .eml files")
+        files = wait_until(
+            lambda: sorted(folder.glob("*.eml")) if len(list(folder.glob("*.eml"))) == 2 else None, 10, "two .eml files"
+        )
     finally:
         sink.stop()
     assert [f.name.endswith(("-0001.eml", "-0002.eml")) for f in files] == [True, True]

@@ -47,11 +47,17 @@ def smtp_server() -> Iterator[MailCatcher]:
 
 
 @pytest.fixture(scope="module")
-def worker_env(pg_url: str, redis_url: str, smtp_server: MailCatcher,
-               tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def worker_env(
+    pg_url: str, redis_url: str, smtp_server: MailCatcher, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, str]:
     env: dict[str, str] = test_env(
-        tmp_path_factory.mktemp("worker"), pg_url, free_port(),
-        BROKER_URL=redis_url, SMTP_URL=smtp_server.url, NOTIFY_DISPATCH="celery", NOTIFY_RETRY_BACKOFF="1",
+        tmp_path_factory.mktemp("worker"),
+        pg_url,
+        free_port(),
+        BROKER_URL=redis_url,
+        SMTP_URL=smtp_server.url,
+        NOTIFY_DISPATCH="celery",
+        NOTIFY_RETRY_BACKOFF="1",
     )
     return env
 
@@ -101,8 +107,12 @@ def _status(maker: sessionmaker[Session], oid: int, *states: str) -> bool:
     return outbox_row(maker, oid).status in states
 
 
-def test_enqueued_twice_sends_one_email(cfg: Settings, maker: sessionmaker[Session], client_app,  # type: ignore[no-untyped-def]
-                                        mailbox: MailCatcher) -> None:
+def test_enqueued_twice_sends_one_email(
+    cfg: Settings,
+    maker: sessionmaker[Session],
+    client_app,  # type: ignore[no-untyped-def]
+    mailbox: MailCatcher,
+) -> None:
     pid, address = _patient(maker, cfg)
     oid = _row(maker, cfg, pid)
     task = client_app.tasks[SEND_TASK]
@@ -117,8 +127,12 @@ def test_enqueued_twice_sends_one_email(cfg: Settings, maker: sessionmaker[Sessi
     assert (row.status, row.attempts) == ("sent", 1)
 
 
-def test_retry_after_smtp_refused(cfg: Settings, maker: sessionmaker[Session], client_app,  # type: ignore[no-untyped-def]
-                                  mailbox: MailCatcher) -> None:
+def test_retry_after_smtp_refused(
+    cfg: Settings,
+    maker: sessionmaker[Session],
+    client_app,  # type: ignore[no-untyped-def]
+    mailbox: MailCatcher,
+) -> None:
     mailbox.stop()
     pid, address = _patient(maker, cfg)
     oid = _row(maker, cfg, pid)
@@ -134,8 +148,9 @@ def test_retry_after_smtp_refused(cfg: Settings, maker: sessionmaker[Session], c
     assert len(mailbox.to(address)) == 1
 
 
-def test_email_has_link_no_phi_and_stable_message_id(cfg: Settings, maker: sessionmaker[Session],
-                                                     client_app, mailbox: MailCatcher) -> None:  # type: ignore[no-untyped-def]
+def test_email_has_link_no_phi_and_stable_message_id(
+    cfg: Settings, maker: sessionmaker[Session], client_app, mailbox: MailCatcher
+) -> None:  # type: ignore[no-untyped-def]
     pid, address, family = sentinel_patient(maker, cfg)
     comm_id = f"{SENTINEL.lower()}-comm-{uid()}"
     oid = _row(maker, cfg, pid, comm_id=comm_id)
@@ -148,8 +163,12 @@ def test_email_has_link_no_phi_and_stable_message_id(cfg: Settings, maker: sessi
     assert msg["Message-ID"] == expected == outbox_row(maker, oid).message_id
 
 
-def test_sweep_reenqueues_a_lost_row(cfg: Settings, maker: sessionmaker[Session], client_app,  # type: ignore[no-untyped-def]
-                                     mailbox: MailCatcher) -> None:
+def test_sweep_reenqueues_a_lost_row(
+    cfg: Settings,
+    maker: sessionmaker[Session],
+    client_app,  # type: ignore[no-untyped-def]
+    mailbox: MailCatcher,
+) -> None:
     pid, address = _patient(maker, cfg)
     oid = _row(maker, cfg, pid, created_at=datetime.now(UTC) - timedelta(seconds=90))  # never enqueued
     client_app.tasks[SWEEP_TASK].delay()
@@ -157,8 +176,12 @@ def test_sweep_reenqueues_a_lost_row(cfg: Settings, maker: sessionmaker[Session]
     wait_until(lambda: _status(maker, oid, "sent"), 30, "the row marked sent")
 
 
-def test_patient_without_email_is_skipped(cfg: Settings, maker: sessionmaker[Session], client_app,  # type: ignore[no-untyped-def]
-                                          mailbox: MailCatcher) -> None:
+def test_patient_without_email_is_skipped(
+    cfg: Settings,
+    maker: sessionmaker[Session],
+    client_app,  # type: ignore[no-untyped-def]
+    mailbox: MailCatcher,
+) -> None:
     pid, _ = _patient(maker, cfg, email=False)
     oid = _row(maker, cfg, pid)
     client_app.tasks[SEND_TASK].delay(oid)
@@ -167,8 +190,7 @@ def test_patient_without_email_is_skipped(cfg: Settings, maker: sessionmaker[Ses
     assert (row.status, row.last_error, row.attempts) == ("skipped", "no-email", 0)
 
 
-def test_commit_dispatches_to_the_worker(cfg: Settings, maker: sessionmaker[Session],
-                                         mailbox: MailCatcher) -> None:
+def test_commit_dispatches_to_the_worker(cfg: Settings, maker: sessionmaker[Session], mailbox: MailCatcher) -> None:
     """The production path: rows committed with their ids in session.info reach the worker."""
     dispatch.install(cfg)
     try:
@@ -182,8 +204,13 @@ def test_commit_dispatches_to_the_worker(cfg: Settings, maker: sessionmaker[Sess
         dispatch.install(cfg.with_(notify_dispatch="none"))
 
 
-def test_worker_log_has_no_phi(cfg: Settings, maker: sessionmaker[Session], client_app,  # type: ignore[no-untyped-def]
-                               mailbox: MailCatcher, worker: Path) -> None:
+def test_worker_log_has_no_phi(
+    cfg: Settings,
+    maker: sessionmaker[Session],
+    client_app,  # type: ignore[no-untyped-def]
+    mailbox: MailCatcher,
+    worker: Path,
+) -> None:
     """A send that fails, is retried and succeeds leaves no address, name or id in the worker's log."""
     pid, address, family = sentinel_patient(maker, cfg)
     comm_id = f"{SENTINEL.lower()}-comm-{uid()}"
@@ -200,8 +227,7 @@ def test_worker_log_has_no_phi(cfg: Settings, maker: sessionmaker[Session], clie
         assert secret.lower() not in text.lower(), "PHI in the worker log"
 
 
-def test_webmail_to_patient_end_to_end(cfg: Settings, maker: sessionmaker[Session],
-                                       mailbox: MailCatcher) -> None:
+def test_webmail_to_patient_end_to_end(cfg: Settings, maker: sessionmaker[Session], mailbox: MailCatcher) -> None:
     """A provider's message written through the repository: the WebMail writer's outbox row is
     dispatched on commit, the worker emails the patient once, and nothing of the message leaks."""
     from fhirserver.core.principal import system_principal
@@ -215,20 +241,39 @@ def test_webmail_to_patient_end_to_end(cfg: Settings, maker: sessionmaker[Sessio
     try:
         with maker() as session:
             repo = Repository(session, cfg, system_principal("tests"))
-            prac = repo.create("Practitioner", {"resourceType": "Practitioner",
-                                                "name": [{"family": f"Doc{tag}"}]}).res_id
-            pid = repo.create("Patient", {
-                "resourceType": "Patient", "name": [{"family": f"{SENTINEL}Fam{tag}", "given": ["Lena"]}],
-                "birthDate": "1980-04-02", "telecom": [{"system": "email", "value": address}],
-                "generalPractitioner": [{"reference": f"Practitioner/{prac}"}]}).res_id
-            create_user(session, username=f"pat{tag}", password="correct horse battery staple",
-                        role="patient", settings=cfg, fhir_user=f"Patient/{pid}")
+            prac = repo.create(
+                "Practitioner", {"resourceType": "Practitioner", "name": [{"family": f"Doc{tag}"}]}
+            ).res_id
+            pid = repo.create(
+                "Patient",
+                {
+                    "resourceType": "Patient",
+                    "name": [{"family": f"{SENTINEL}Fam{tag}", "given": ["Lena"]}],
+                    "birthDate": "1980-04-02",
+                    "telecom": [{"system": "email", "value": address}],
+                    "generalPractitioner": [{"reference": f"Practitioner/{prac}"}],
+                },
+            ).res_id
+            create_user(
+                session,
+                username=f"pat{tag}",
+                password="correct horse battery staple",
+                role="patient",
+                settings=cfg,
+                fhir_user=f"Patient/{pid}",
+            )
             session.commit()
-            comm = repo.create("Communication", {
-                "resourceType": "Communication", "status": "completed",
-                "sender": {"reference": f"Practitioner/{prac}"},
-                "recipient": [{"reference": f"Patient/{pid}"}],
-                "topic": {"text": topic}, "payload": [{"contentString": body}]}).res_id
+            comm = repo.create(
+                "Communication",
+                {
+                    "resourceType": "Communication",
+                    "status": "completed",
+                    "sender": {"reference": f"Practitioner/{prac}"},
+                    "recipient": [{"reference": f"Patient/{pid}"}],
+                    "topic": {"text": topic},
+                    "payload": [{"contentString": body}],
+                },
+            ).res_id
             session.commit()
         [mail] = mailbox.wait_for(address)
         assert_no_phi(mail, SENTINEL, topic, body, comm, pid, f"Doc{tag}", f"pat{tag}")

@@ -122,9 +122,7 @@ def test_session_cookie_is_scoped_and_http_only(web: Any) -> None:
 
 def test_https_base_url_makes_the_cookie_secure(tmp_path: Path) -> None:
     app = make_app(f"filesystem://{tmp_path}/s")
-    app2 = create_portal_app(
-        PortalConfig("https://portal.test", "k", "a", "b", f"filesystem://{tmp_path}/s2")
-    )
+    app2 = create_portal_app(PortalConfig("https://portal.test", "k", "a", "b", f"filesystem://{tmp_path}/s2"))
     assert not app.config["SESSION_COOKIE_SECURE"]
     assert app2.config["SESSION_COOKIE_SECURE"]
 

@@ -80,8 +80,14 @@ def test_login_redirect_carries_pkce_s256_and_nothing_else(
         assert f"{parts.scheme}://{parts.netloc}{parts.path}" == settings.base_url + "/auth/authorize"
         q = {k: v[0] for k, v in parse_qs(parts.query).items()}
         assert set(q) == {
-            "response_type", "client_id", "redirect_uri", "scope", "state", "aud",
-            "code_challenge", "code_challenge_method",
+            "response_type",
+            "client_id",
+            "redirect_uri",
+            "scope",
+            "state",
+            "aud",
+            "code_challenge",
+            "code_challenge_method",
         }
         assert q["response_type"] == "code"
         assert q["code_challenge_method"] == "S256"
@@ -107,8 +113,9 @@ def test_patient_and_provider_exchange_webmail_through_the_portal(
     assert compose.status_code == 200
     assert compose.headers["Cache-Control"] == "no-store"
     assert f'value="{practice.practitioner_ref}"' in compose.text
-    sent = post_form(patient, base + "/portal/compose", compose.text,
-                     recipient=practice.practitioner_ref, subject=subject, body=body)
+    sent = post_form(
+        patient, base + "/portal/compose", compose.text, recipient=practice.practitioner_ref, subject=subject, body=body
+    )
     assert sent.status_code == 303, sent.text[:1000]
     assert subject not in sent.headers["Location"] and body not in sent.headers["Location"]
     sent_page = patient.get(base + "/portal/sent", timeout=30).text
@@ -133,8 +140,13 @@ def test_patient_and_provider_exchange_webmail_through_the_portal(
     # The provider replies; the reply is threaded and shows in the patient's inbox.
     form = provider.get(base + f"/portal/console/messages/{msg_id.group(1)}/reply", timeout=30).text
     assert f'value="RE: {subject}"' in form
-    replied = post_form(provider, base + f"/portal/console/messages/{msg_id.group(1)}/reply", form,
-                        subject=f"RE: {subject}", body="Yes, at night is fine.")
+    replied = post_form(
+        provider,
+        base + f"/portal/console/messages/{msg_id.group(1)}/reply",
+        form,
+        subject=f"RE: {subject}",
+        body="Yes, at night is fine.",
+    )
     assert replied.status_code == 303
     patient_inbox = patient.get(base + "/portal/", timeout=30).text
     assert f"<strong>RE: {subject}</strong>" in patient_inbox

@@ -35,10 +35,14 @@ def oracle_range(text: str) -> tuple[datetime, datetime]:
 def oracle_match(prefix: str, s: tuple[datetime, datetime], t: tuple[datetime, datetime]) -> bool:
     contained = s[0] <= t[0] and t[1] <= s[1]
     return {
-        "eq": contained, "ne": not contained,
-        "gt": t[1] > s[1], "lt": t[0] < s[0],
-        "ge": t[1] > s[1] or contained, "le": t[0] < s[0] or contained,
-        "sa": t[0] > s[1], "eb": t[1] < s[0],
+        "eq": contained,
+        "ne": not contained,
+        "gt": t[1] > s[1],
+        "lt": t[0] < s[0],
+        "ge": t[1] > s[1] or contained,
+        "le": t[0] < s[0] or contained,
+        "sa": t[0] > s[1],
+        "eb": t[1] < s[0],
     }[prefix]
 
 
@@ -73,8 +77,11 @@ def test_dates_match_the_oracle(store: Store, population: dict[str, dict]) -> No
     for _ in range(60):
         prefix, value = rnd.choice(PREFIXES), random_date(rnd)
         s = oracle_range(value)
-        expected = {n for n, b in population.items()
-                    if "birthDate" in b and oracle_match(prefix, s, oracle_range(b["birthDate"]))}
+        expected = {
+            n
+            for n, b in population.items()
+            if "birthDate" in b and oracle_match(prefix, s, oracle_range(b["birthDate"]))
+        }
         assert store.found("Patient", ("birthdate", prefix + value)) == expected, (prefix, value)
 
 
@@ -87,8 +94,9 @@ def test_names_and_boolean_combinations_match_the_oracle(store: Store, populatio
     for _ in range(40):
         a, b = rnd.choice(FIRSTS)[: rnd.randint(1, 4)], rnd.choice(FIRSTS)[: rnd.randint(1, 4)]
         fam = f"F{rnd.randint(0, 3)}"
-        expected = {n for n, body in population.items()
-                    if (has(body, a) or has(body, b)) and body["name"][0]["family"] == fam}
+        expected = {
+            n for n, body in population.items() if (has(body, a) or has(body, b)) and body["name"][0]["family"] == fam
+        }
         got = store.found("Patient", ("given", f"{a},{b}"), ("family:exact", fam))
         assert got == expected, (a, b, fam)
 
@@ -114,7 +122,7 @@ def test_paging_order_matches_the_oracle(store: Store, population: dict[str, dic
     seen: list[str] = []
     page = store.page("Patient", ("_sort", order), ("_count", "7"))
     for _ in range(20):  # bounded: a paging bug must fail, not hang
-        seen += [r.res_id[len(store.prefix):] for r in page.rows]
+        seen += [r.res_id[len(store.prefix) :] for r in page.rows]
         if page.next_cursor is None:
             break
         page = store.page("Patient", ("_cursor", page.next_cursor))

@@ -17,17 +17,37 @@ WEBMAIL = "http://fhir-webmail.example/CodeSystem/communication-category"
 
 
 def patients(store: Store) -> None:
-    store.add("Patient", "zoe", {"name": [{"family": "Zoë Ünder", "given": ["Anna"]}], "birthDate": "1980-05-03",
-                                 "telecom": [{"system": "email", "value": "zoe@x.example"},
-                                             {"system": "phone", "value": "555"}],
-                                 "identifier": [{"system": "urn:mrn", "value": "42"}],
-                                 "generalPractitioner": [{"reference": "Practitioner/d1"}]})
-    store.add("Patient", "zed", {"name": [{"family": "Zoeller", "given": ["Bob", "Anne"]}], "birthDate": "1980",
-                                 "identifier": [{"value": "42"}],
-                                 "generalPractitioner": [{"reference": f"{BASE}/Organization/o1"}]})
-    store.add("Patient", "old", {"name": [{"family": "Older", "text": "Mr Older"}], "birthDate": "1979-12-31",
-                                 "telecom": [{"system": "email", "value": "555"}],
-                                 "generalPractitioner": [{"reference": "Practitioner/d2"}]})
+    store.add(
+        "Patient",
+        "zoe",
+        {
+            "name": [{"family": "Zoë Ünder", "given": ["Anna"]}],
+            "birthDate": "1980-05-03",
+            "telecom": [{"system": "email", "value": "zoe@x.example"}, {"system": "phone", "value": "555"}],
+            "identifier": [{"system": "urn:mrn", "value": "42"}],
+            "generalPractitioner": [{"reference": "Practitioner/d1"}],
+        },
+    )
+    store.add(
+        "Patient",
+        "zed",
+        {
+            "name": [{"family": "Zoeller", "given": ["Bob", "Anne"]}],
+            "birthDate": "1980",
+            "identifier": [{"value": "42"}],
+            "generalPractitioner": [{"reference": f"{BASE}/Organization/o1"}],
+        },
+    )
+    store.add(
+        "Patient",
+        "old",
+        {
+            "name": [{"family": "Older", "text": "Mr Older"}],
+            "birthDate": "1979-12-31",
+            "telecom": [{"system": "email", "value": "555"}],
+            "generalPractitioner": [{"reference": "Practitioner/d2"}],
+        },
+    )
     store.add("Patient", "new", {"name": [{"family": "Newer"}], "birthDate": "1981-01-01"})
 
 
@@ -59,27 +79,30 @@ def test_or_within_a_parameter_and_across_repeats(store: Store) -> None:
     assert store.found("Patient", ("name", "zoe"), ("birthdate", "1980-05")) == {"zoe"}
 
 
-@pytest.mark.parametrize(("value", "expected"), [
-    ("1980", {"zoe", "zed"}),
-    ("eq1980", {"zoe", "zed"}),
-    ("1980-05", {"zoe"}),
-    ("1980-05-03", {"zoe"}),
-    ("1980-05-03T12:00:00Z", set()),
-    ("ne1980", {"old", "new"}),
-    ("lt1980", {"old"}),
-    ("lt1980-05-03", {"old", "zed"}),
-    ("le1980-05-03", {"old", "zed", "zoe"}),
-    ("gt1980", {"new"}),
-    ("gt1980-05-03", {"zed", "new"}),
-    ("ge1980-05-03", {"zed", "zoe", "new"}),
-    ("ge1981", {"new"}),
-    ("sa1980-05-03", {"new"}),
-    ("sa1979", {"zoe", "zed", "new"}),
-    ("eb1980", {"old"}),
-    ("eb1981-01-01", {"old", "zoe", "zed"}),
-    ("sa1979-12-31T23:30:00Z", {"zoe", "zed", "new"}),
-    ("sa1979-12-31T23:30:00-01:00", {"zoe", "new"}),  # = 1980-01-01T00:30Z: after the start of "1980"
-])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("1980", {"zoe", "zed"}),
+        ("eq1980", {"zoe", "zed"}),
+        ("1980-05", {"zoe"}),
+        ("1980-05-03", {"zoe"}),
+        ("1980-05-03T12:00:00Z", set()),
+        ("ne1980", {"old", "new"}),
+        ("lt1980", {"old"}),
+        ("lt1980-05-03", {"old", "zed"}),
+        ("le1980-05-03", {"old", "zed", "zoe"}),
+        ("gt1980", {"new"}),
+        ("gt1980-05-03", {"zed", "new"}),
+        ("ge1980-05-03", {"zed", "zoe", "new"}),
+        ("ge1981", {"new"}),
+        ("sa1980-05-03", {"new"}),
+        ("sa1979", {"zoe", "zed", "new"}),
+        ("eb1980", {"old"}),
+        ("eb1981-01-01", {"old", "zoe", "zed"}),
+        ("sa1979-12-31T23:30:00Z", {"zoe", "zed", "new"}),
+        ("sa1979-12-31T23:30:00-01:00", {"zoe", "new"}),  # = 1980-01-01T00:30Z: after the start of "1980"
+    ],
+)
 def test_date_prefixes_with_partial_dates(store: Store, value: str, expected: set[str]) -> None:
     patients(store)
     assert store.found("Patient", ("birthdate", value)) == expected
@@ -91,7 +114,11 @@ def test_date_ap_uses_a_tenth_of_the_distance_to_now(store: Store) -> None:
     assert store.found("Patient", ("birthdate", "ap1980-05-03"), now=now) == {"zoe", "zed"}
     assert store.found("Patient", ("birthdate", "ap1980-05-06"), now=now) == {"zed"}
     assert store.found("Patient", ("birthdate", "ap1980"), now=datetime(2030, 1, 1, tzinfo=UTC)) == {
-        "zoe", "zed", "old", "new"}
+        "zoe",
+        "zed",
+        "old",
+        "new",
+    }
 
 
 def test_date_ranges_and(store: Store) -> None:
@@ -133,24 +160,47 @@ def test_id_and_last_updated(store: Store) -> None:
 def messages(store: Store) -> None:
     """A thread header and four messages; one about a Group, one with no sent time."""
     cat = [{"coding": [{"system": WEBMAIL, "code": "webmail"}]}]
-    store.add("Communication", "head", {"status": "in-progress", "category": cat,
-                                        "subject": {"reference": "Patient/p1"},
-                                        "recipient": [{"reference": "Practitioner/d1"},
-                                                      {"reference": "Patient/p1"}]})
+    store.add(
+        "Communication",
+        "head",
+        {
+            "status": "in-progress",
+            "category": cat,
+            "subject": {"reference": "Patient/p1"},
+            "recipient": [{"reference": "Practitioner/d1"}, {"reference": "Patient/p1"}],
+        },
+    )
     head = f"Communication/{store.ids['head']}"
     for name, sender, sent, status in [
         ("m1", "Patient/p1", "2024-02-01T10:00:00Z", "completed"),
         ("m2", "Practitioner/d1", "2024-02-02T10:00:00+01:00", "in-progress"),
         ("m3", "Patient/p1", "2024-02-03", "entered-in-error"),
     ]:
-        store.add("Communication", name, {"status": status, "category": cat, "partOf": [{"reference": head}],
-                                          "subject": {"reference": "Patient/p1"}, "sender": {"reference": sender},
-                                          "recipient": [{"reference": "Practitioner/d1" if sender.startswith("Pat")
-                                                         else "Patient/p1"}],
-                                          "sent": sent, "topic": {"text": "Secret topic"},
-                                          "payload": [{"contentString": "Secret body"}]})
-    store.add("Communication", "grp", {"status": "stopped", "subject": {"reference": "Group/g1"},
-                                       "sender": {"reference": "Practitioner/d1"}, "sent": "2024-02-04T00:00:00Z"})
+        store.add(
+            "Communication",
+            name,
+            {
+                "status": status,
+                "category": cat,
+                "partOf": [{"reference": head}],
+                "subject": {"reference": "Patient/p1"},
+                "sender": {"reference": sender},
+                "recipient": [{"reference": "Practitioner/d1" if sender.startswith("Pat") else "Patient/p1"}],
+                "sent": sent,
+                "topic": {"text": "Secret topic"},
+                "payload": [{"contentString": "Secret body"}],
+            },
+        )
+    store.add(
+        "Communication",
+        "grp",
+        {
+            "status": "stopped",
+            "subject": {"reference": "Group/g1"},
+            "sender": {"reference": "Practitioner/d1"},
+            "sent": "2024-02-04T00:00:00Z",
+        },
+    )
 
 
 def test_communication_parameters(store: Store) -> None:
@@ -184,8 +234,13 @@ def test_encrypted_elements_are_not_searchable(store: Store) -> None:
 
 def test_inbox_query_of_the_anchors(store: Store) -> None:
     messages(store)
-    inbox = store.names("Communication", ("part-of:missing", "true"), ("recipient", "Practitioner/d1"),
-                        ("status:not", "completed,entered-in-error,stopped,unknown"), ("_sort", "-_lastUpdated"))
+    inbox = store.names(
+        "Communication",
+        ("part-of:missing", "true"),
+        ("recipient", "Practitioner/d1"),
+        ("status:not", "completed,entered-in-error,stopped,unknown"),
+        ("_sort", "-_lastUpdated"),
+    )
     assert inbox == ["head"]
 
 
@@ -210,7 +265,7 @@ def walk(store: Store, res_type: str, *params: tuple[str, str]) -> list[list[str
     pages: list[list[str]] = []
     page = store.page(res_type, *params)
     while True:
-        pages.append([r.res_id[len(store.prefix):] for r in page.rows])
+        pages.append([r.res_id[len(store.prefix) :] for r in page.rows])
         if page.next_cursor is None:
             return pages
         assert "2024" not in page.next_cursor and "Patient" not in page.next_cursor
@@ -221,8 +276,11 @@ def walk(store: Store, res_type: str, *params: tuple[str, str]) -> list[list[str
 def test_paging_three_pages_no_repeats_no_gaps(store: Store) -> None:
     messages(store)
     # a second message at the very same sent instant as m2 tests the id tie-break
-    store.add("Communication", "m2b", {"status": "completed", "subject": {"reference": "Patient/p1"},
-                                       "sent": "2024-02-02T09:00:00Z"})
+    store.add(
+        "Communication",
+        "m2b",
+        {"status": "completed", "subject": {"reference": "Patient/p1"}, "sent": "2024-02-02T09:00:00Z"},
+    )
     pages = walk(store, "Communication", ("_sort", "-sent"), ("_count", "2"))
     assert [len(p) for p in pages] == [2, 2, 2]
     flat = [n for p in pages for n in p]
@@ -294,7 +352,7 @@ def walk_restricted(store: Store, restrict: list) -> list[list[str]]:
     pages = []
     page = store.page("Patient", ("_count", "1"), restrict=restrict)
     for _ in range(20):
-        pages.append([r.res_id[len(store.prefix):] for r in page.rows])
+        pages.append([r.res_id[len(store.prefix) :] for r in page.rows])
         if page.next_cursor is None:
             return pages
         page = store.page("Patient", ("_cursor", page.next_cursor), restrict=restrict)
@@ -332,20 +390,37 @@ def test_audit_events_written_by_the_audit_module_are_searchable(store: Store) -
     from fhirserver.models import IdxDate, IdxReference, IdxToken
 
     pid = store.prefix + "pat"
-    ok = rest_event(store.session, None, interaction="read", status=200, res_type="Patient", res_id=pid,
-                    patient_ref=f"Patient/{pid}")
-    bad = rest_event(store.session, None, interaction="read", status=404, res_type="Patient", res_id=pid,
-                     patient_ref=f"Patient/{pid}")
+    ok = rest_event(
+        store.session,
+        None,
+        interaction="read",
+        status=200,
+        res_type="Patient",
+        res_id=pid,
+        patient_ref=f"Patient/{pid}",
+    )
+    bad = rest_event(
+        store.session,
+        None,
+        interaction="read",
+        status=404,
+        res_type="Patient",
+        res_id=pid,
+        patient_ref=f"Patient/{pid}",
+    )
     store.session.flush()
     mine = [ResourceRow.res_id.in_([ok, bad])]
-    req = parse_search("AuditEvent", [("patient", f"Patient/{pid}"), ("outcome", "0"), ("date", "ge2000")],
-                       cursor_key=store.key)
+    req = parse_search(
+        "AuditEvent", [("patient", f"Patient/{pid}"), ("outcome", "0"), ("date", "ge2000")], cursor_key=store.key
+    )
     from fhirserver.search.query import run_search
+
     assert [r.res_id for r in run_search(store.session, req, mine).rows] == [ok]
     # re-indexing an audit event from its JSON gives the same rows the writer wrote
     for table in (IdxDate, IdxReference, IdxToken):
         store.session.execute(delete(table).where(table.res_type == "AuditEvent", table.res_id == ok))
     import json
+
     row = store.session.get(ResourceRow, ("AuditEvent", ok))
     assert row is not None and row.content is not None
     write_index(store.session, "AuditEvent", ok, json.loads(row.content))

@@ -48,14 +48,27 @@ def test_chained_parameters_are_not_supported_yet() -> None:
     refuse("Communication", ("subject.name", PHI), code="not-supported")
 
 
-@pytest.mark.parametrize(("name", "value"), [
-    ("birthdate", PHI), ("birthdate", "1980-13-01"), ("birthdate", "xx1980"), ("birthdate", "zz" + PHI),
-    ("_lastUpdated", "2020-01-01T10"), ("sent", "ge2020-02-30"),
-    ("email", "a|b|c"), ("identifier", "|"), ("_id", "has space"), ("_id", "a|b"),
-    ("general-practitioner", "Practitioner/has space"), ("general-practitioner", "Patient/p1"),
-    ("general-practitioner", "a/b/c"), ("part-of:missing", "maybe"), ("part-of:missing", "true,false"),
-    ("name", "x" * 1025),
-])
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("birthdate", PHI),
+        ("birthdate", "1980-13-01"),
+        ("birthdate", "xx1980"),
+        ("birthdate", "zz" + PHI),
+        ("_lastUpdated", "2020-01-01T10"),
+        ("sent", "ge2020-02-30"),
+        ("email", "a|b|c"),
+        ("identifier", "|"),
+        ("_id", "has space"),
+        ("_id", "a|b"),
+        ("general-practitioner", "Practitioner/has space"),
+        ("general-practitioner", "Patient/p1"),
+        ("general-practitioner", "a/b/c"),
+        ("part-of:missing", "maybe"),
+        ("part-of:missing", "true,false"),
+        ("name", "x" * 1025),
+    ],
+)
 def test_malformed_values_are_invalid(name: str, value: str) -> None:
     res_type = "Communication" if name in ("sent", "part-of:missing") else "Patient"
     err = refuse(res_type, (name, value), code="invalid")
@@ -63,12 +76,21 @@ def test_malformed_values_are_invalid(name: str, value: str) -> None:
     assert len(value) < 4 or value not in err.diagnostics
 
 
-@pytest.mark.parametrize(("res_type", "name"), [
-    ("Patient", "name:text"), ("Patient", "birthdate:exact"), ("Communication", "status:text"),
-    ("Communication", "subject:Practitioner"), ("Patient", "_id:missing"), ("Patient", "name:bogus"),
-    ("Communication", "sender:below"), ("Patient", "_id:not"), ("Patient", "_lastUpdated:not"),
-    ("Patient", "_id:exact"),
-])
+@pytest.mark.parametrize(
+    ("res_type", "name"),
+    [
+        ("Patient", "name:text"),
+        ("Patient", "birthdate:exact"),
+        ("Communication", "status:text"),
+        ("Communication", "subject:Practitioner"),
+        ("Patient", "_id:missing"),
+        ("Patient", "name:bogus"),
+        ("Communication", "sender:below"),
+        ("Patient", "_id:not"),
+        ("Patient", "_lastUpdated:not"),
+        ("Patient", "_id:exact"),
+    ],
+)
 def test_unsupported_modifiers(res_type: str, name: str) -> None:
     refuse(res_type, (name, "x"), code="not-supported")
 
@@ -120,18 +142,33 @@ def test_string_modifiers() -> None:
 
 def test_token_forms() -> None:
     (c,) = parse("Patient", ("identifier", "urn:mrn|42,|7,urn:mrn|,8,a\\|b")).clauses
-    assert c.values == (TokenQuery("42", "urn:mrn", "equals"), TokenQuery("7", None, "none"),
-                        TokenQuery(None, "urn:mrn", "equals"), TokenQuery("8"), TokenQuery("a|b"))
+    assert c.values == (
+        TokenQuery("42", "urn:mrn", "equals"),
+        TokenQuery("7", None, "none"),
+        TokenQuery(None, "urn:mrn", "equals"),
+        TokenQuery("8"),
+        TokenQuery("a|b"),
+    )
     (c,) = parse("Communication", ("status:not", "completed,stopped")).clauses
     assert c.modifier == "not" and len(c.values) == 2
 
 
 def test_reference_forms() -> None:
-    (c,) = parse("Patient", ("general-practitioner",
-                             f"Practitioner/p1,p2,{BASE}/Organization/o1,https://other.example/fhir/Practitioner/p3,"
-                             "PractitionerRole/r1/_history/2")).clauses
-    assert c.values == (RefQuery("Practitioner", "p1"), RefQuery(None, "p2"), RefQuery("Organization", "o1"),
-                        RefQuery(None, None), RefQuery("PractitionerRole", "r1"))
+    (c,) = parse(
+        "Patient",
+        (
+            "general-practitioner",
+            f"Practitioner/p1,p2,{BASE}/Organization/o1,https://other.example/fhir/Practitioner/p3,"
+            "PractitionerRole/r1/_history/2",
+        ),
+    ).clauses
+    assert c.values == (
+        RefQuery("Practitioner", "p1"),
+        RefQuery(None, "p2"),
+        RefQuery("Organization", "o1"),
+        RefQuery(None, None),
+        RefQuery("PractitionerRole", "r1"),
+    )
     (c,) = parse("Communication", ("subject:Patient", "p9")).clauses
     assert c.values == (RefQuery("Patient", "p9"),)
     (c,) = parse("Communication", ("part-of", "Communication/c1")).clauses
@@ -143,8 +180,9 @@ def test_reference_forms() -> None:
 def test_date_prefixes_and_ranges() -> None:
     (c,) = parse("Patient", ("birthdate", "1980,ge1980-05,lt1980-05-03T10:00:00Z")).clauses
     year, month, inst = c.values
-    assert year == DateQuery("eq", datetime(1980, 1, 1, tzinfo=UTC),
-                             datetime(1980, 12, 31, 23, 59, 59, 999999, tzinfo=UTC))
+    assert year == DateQuery(
+        "eq", datetime(1980, 1, 1, tzinfo=UTC), datetime(1980, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+    )
     assert month.prefix == "ge" and month.low == datetime(1980, 5, 1, tzinfo=UTC)
     assert inst.prefix == "lt" and inst.high == datetime(1980, 5, 3, 10, 0, 0, 999999, tzinfo=UTC)
     for prefix in ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap"):

@@ -68,14 +68,31 @@ def test_registry_check_refuses_unknown_types_and_mismatched_names() -> None:
 
 def test_required_parameters_exist_with_their_types() -> None:
     expected = {
-        "Patient": {"name": "string", "family": "string", "given": "string", "birthdate": "date",
-                    "email": "token", "identifier": "token", "general-practitioner": "reference",
-                    "_id": "token", "_lastUpdated": "date"},
+        "Patient": {
+            "name": "string",
+            "family": "string",
+            "given": "string",
+            "birthdate": "date",
+            "email": "token",
+            "identifier": "token",
+            "general-practitioner": "reference",
+            "_id": "token",
+            "_lastUpdated": "date",
+        },
         "Practitioner": {"name": "string", "identifier": "token", "_id": "token", "_lastUpdated": "date"},
         "Organization": {"name": "string", "identifier": "token", "_id": "token"},
-        "Communication": {"sender": "reference", "recipient": "reference", "subject": "reference",
-                          "patient": "reference", "category": "token", "status": "token", "sent": "date",
-                          "part-of": "reference", "_id": "token", "_lastUpdated": "date"},
+        "Communication": {
+            "sender": "reference",
+            "recipient": "reference",
+            "subject": "reference",
+            "patient": "reference",
+            "category": "token",
+            "status": "token",
+            "sent": "date",
+            "part-of": "reference",
+            "_id": "token",
+            "_lastUpdated": "date",
+        },
         "AuditEvent": {"date": "date", "patient": "reference", "outcome": "token"},
     }
     for res_type, names in expected.items():
@@ -83,7 +100,10 @@ def test_required_parameters_exist_with_their_types() -> None:
             assert params_for(res_type)[name].type == ptype, (res_type, name)
     assert params_for("Communication")["patient"].targets == ("Patient",)
     assert set(params_for("Patient")["general-practitioner"].targets) == {
-        "Practitioner", "Organization", "PractitionerRole"}
+        "Practitioner",
+        "Organization",
+        "PractitionerRole",
+    }
 
 
 def test_types_without_definitions_still_have_common_parameters() -> None:

@@ -21,8 +21,15 @@ CORE = [
     ("Patient", [("name", "zoe")]),
     ("Patient", [("family:exact", "Zoë"), ("birthdate", "ge1980-05")]),
     ("Patient", [("general-practitioner", "Practitioner/d1")]),
-    ("Communication", [("part-of:missing", "true"), ("recipient", "Practitioner/d1"),
-                       ("status:not", "completed,entered-in-error,stopped,unknown"), ("_sort", "-_lastUpdated")]),
+    (
+        "Communication",
+        [
+            ("part-of:missing", "true"),
+            ("recipient", "Practitioner/d1"),
+            ("status:not", "completed,entered-in-error,stopped,unknown"),
+            ("_sort", "-_lastUpdated"),
+        ],
+    ),
     ("Communication", [("part-of", "Communication/c1"), ("_sort", "sent")]),
     ("Communication", [("patient", "Patient/p1"), ("category", "webmail"), ("_sort", "-sent")]),
     ("Communication", [("recipient", "Practitioner/d1"), ("status", "completed"), ("_sort", "-sent")]),  # bench/
@@ -34,8 +41,11 @@ def plan(session: Session, res_type: str, params: list[tuple[str, str]]) -> list
     terms = sort_terms(req)
     stmt = (
         select(ResourceRow.res_id, *(t.expr.label(f"k{i}") for i, t in enumerate(terms)))
-        .where(ResourceRow.res_type == res_type, ResourceRow.deleted == false(),
-               *(clause_condition(res_type, c) for c in req.clauses))
+        .where(
+            ResourceRow.res_type == res_type,
+            ResourceRow.deleted == false(),
+            *(clause_condition(res_type, c) for c in req.clauses),
+        )
         .order_by(*keyset.order_by(terms))
         .limit(req.count + 1)
     )
@@ -44,8 +54,9 @@ def plan(session: Session, res_type: str, params: list[tuple[str, str]]) -> list
 
 
 @pytest.mark.parametrize(("res_type", "params"), CORE)
-def test_core_queries_use_the_index_tables_indexes(db_session: Session, res_type: str,
-                                                   params: list[tuple[str, str]]) -> None:
+def test_core_queries_use_the_index_tables_indexes(
+    db_session: Session, res_type: str, params: list[tuple[str, str]]
+) -> None:
     if db_session.get_bind().dialect.name != "sqlite":
         pytest.skip("plans checked on SQLite; PostgreSQL plans depend on statistics")
     steps = plan(db_session, res_type, params)

@@ -45,7 +45,7 @@ def local_part(ref: str, server_base: str | None) -> str | None:
     if server_base:
         base = server_base.rstrip("/") + "/"
         if ref.startswith(base):
-            return ref[len(base):]
+            return ref[len(base) :]
     return None
 
 

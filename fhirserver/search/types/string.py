@@ -45,11 +45,7 @@ def normalize(text: str) -> str:
 
 
 def extract(nodes: list[Any], param: SearchParam, ctx: Context) -> Rows:
-    return [
-        {"value": normalize(n), "exact": n[:MAX_CHARS]}
-        for n in nodes
-        if isinstance(n, str) and n.strip()
-    ]
+    return [{"value": normalize(n), "exact": n[:MAX_CHARS]} for n in nodes if isinstance(n, str) and n.strip()]
 
 
 @dataclass(frozen=True)
