@@ -16,7 +16,9 @@ The rules:
   recipient is their Patient (the R4 patient compartment for Communication);
 - providers: the Patients whose generalPractitioner is them, all the Communications
   about those patients, and every Communication they sent or received;
-- staff: what the providers they work for see;
+- staff (medical assistants): what the providers they work for see; they register and
+  update those providers' patients' demographics, but never delete a record, send WebMail
+  or grant or reset portal access (the WebMail rules and operations refuse the last two);
 - auditors: AuditEvents only; admins: no PHI (directory resources only);
 - everyone signed in may read the directory (Practitioner, Organization): names of
   the practice's providers are not PHI and patients need them to address mail;
@@ -64,6 +66,8 @@ def check_interaction(p: Principal, res_type: str, perm: str) -> None:
         raise forbidden("Administrators have no access to patient data")
     if res_type in DIRECTORY_TYPES and perm not in READ_PERMS and p.role != "admin":
         raise forbidden("Only administrators maintain the directory")
+    if p.role == "staff" and perm == "d":
+        raise forbidden("Staff cannot delete records")
     if p.role == "patient" and res_type == "Patient" and perm in ("c", "u", "d"):
         # Not even their own: generalPractitioner decides who may write to them and which
         # providers see them, so a patient who could edit it could message any provider.

@@ -66,7 +66,8 @@ def capability_statement(settings: Settings) -> dict[str, Any]:
             "interaction": _interactions(rtype),
             "versioning": "versioned",
             "readHistory": True,
-            "updateCreate": rtype not in ("AuditEvent", *NON_UPDATABLE),
+            # Update-as-create (a client-chosen id) is for system principals only, not users.
+            "updateCreate": False,
             "conditionalCreate": False,
             "conditionalUpdate": False,
             "conditionalDelete": "not-supported",

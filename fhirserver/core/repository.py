@@ -209,14 +209,17 @@ class Repository:
             raise FhirError(400, "invalid", "The id in the body must match the id in the URL", ["id"])
         # A malformed If-Match is a 400 whether or not the resource exists.
         expected = parse_etag(if_match) if if_match is not None else None
+        access.check_interaction(self.principal, res_type, "u")
         row = self._current(res_type, res_id, lock=True)
-        if row is None:
+        if not self.principal.is_system:
+            # A user never creates by PUT (update-as-create with a client-chosen id is for
+            # system principals): an id they cannot see is 404 whether it exists or not.
+            if row is None or not access.can_see(self.session, self.principal, res_type, res_id, "u"):
+                raise not_found(res_type, res_id)
+        elif row is None:
             if expected is not None:
                 raise FhirError(412, "conflict", "If-Match given, but the resource does not exist")
             return self.create(res_type, data, res_id=res_id), True
-        access.check_interaction(self.principal, res_type, "u")
-        if not access.can_see(self.session, self.principal, res_type, res_id, "u"):
-            raise not_found(res_type, res_id)
         if expected is not None and expected != row.version_id:
             raise FhirError(412, "conflict", "The resource has changed since the version given in If-Match")
         old = None if row.deleted else self.to_stored(row).json()

@@ -123,7 +123,7 @@ def test_first_login_forces_password_change_then_resumes_authorization(app, db_s
             "confirm_password": "password123",
         },
     )
-    assert bad.status_code == 400 and b"too common" in bad.data
+    assert bad.status_code == 400 and b"too easy to guess" in bad.data
     mismatch = web.post(
         "/auth/password",
         data={

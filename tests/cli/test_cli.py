@@ -393,6 +393,160 @@ def test_token_for_a_disabled_user_is_refused(cli_env, cli_settings, session) ->
     assert_clean_failure(invoke(cli_env, "token", "--user", user.username), 1, "disabled")
 
 
+# ---------------------------------------------------------------- user
+
+
+def _practitioner(cli_settings) -> str:
+    from fhirserver.core.principal import system_principal
+    from fhirserver.core.repository import Repository
+
+    maker = make_sessionmaker(cli_settings.database_url)
+    with maker() as s:
+        pid = (
+            Repository(s, cli_settings, system_principal("tests"))
+            .create("Practitioner", {"resourceType": "Practitioner", "name": [{"family": "Cli"}]})
+            .res_id
+        )
+        s.commit()
+    maker.kw["bind"].dispose()
+    return f"Practitioner/{pid}"
+
+
+def _api(cli_env, cli_settings, username: str) -> tuple[object, dict[str, str]]:
+    """The run's API app and a bearer header for ``username`` from `fhirserver token`."""
+    from fhirserver.app import create_app
+
+    token = invoke(cli_env, "token", "--user", username, "--scope", "user/Practitioner.rs")
+    assert token.exit_code == 0, token.output
+    return create_app(cli_settings).test_client(), {"Authorization": "Bearer " + token.stdout.strip()}
+
+
+def test_user_add_prints_a_one_time_password_once_and_audits(cli_env, cli_settings, session) -> None:
+    doc = _practitioner(cli_settings)
+    name = f"newdoc{uuid.uuid4().hex[:6]}"
+    result = invoke(
+        cli_env, "user", "add", "--username", name, "--role", "provider", "--practitioner", doc, "--name", "Dr New"
+    )
+    assert result.exit_code == 0, result.output
+    password = result.stdout.strip()
+    assert len(password) == 10 and password not in result.stderr
+    session.rollback()
+    user = session.scalar(select(UserAccount).where(UserAccount.username == name))
+    assert user.role == "provider" and user.fhir_user == doc and user.must_change_password
+    assert password not in user.password_hash
+    events = [
+        r.content
+        for r in session.scalars(select(ResourceRow).where(ResourceRow.res_type == "AuditEvent"))
+        if b'"user-admin"' in r.content and user.id.encode() in r.content
+    ]
+    assert events and not any(name.encode() in e or password.encode() in e for e in events)
+    session.rollback()  # SQLite: an open read transaction would hold the CLI's write lock
+    again = invoke(cli_env, "user", "add", "--username", name, "--role", "auditor")
+    assert_clean_failure(again, 1, "taken")
+
+
+def test_user_add_with_a_chosen_password_and_staff_assignments(cli_env, cli_settings, session) -> None:
+    doc, other = _practitioner(cli_settings), _practitioner(cli_settings)
+    name = f"ma{uuid.uuid4().hex[:6]}"
+    result = CliRunner().invoke(
+        main,
+        [
+            "user",
+            "add",
+            "--username",
+            name,
+            "--role",
+            "staff",
+            "--staff-of",
+            doc,
+            "--staff-of",
+            other,
+            "--password-stdin",
+        ],
+        env=cli_env,
+        input="a quiet orchard in june\n",
+    )
+    assert result.exit_code == 0, result.output
+    assert result.stdout == ""  # nothing to print: the operator chose the password
+    session.rollback()
+    user = session.scalar(select(UserAccount).where(UserAccount.username == name))
+    assert not user.must_change_password
+    refs = set(session.scalars(select(StaffAssignment.practitioner_ref).where(StaffAssignment.user_id == user.id)))
+    assert refs == {doc, other}
+    weak = CliRunner().invoke(
+        main,
+        ["user", "add", "--username", f"x{name}", "--role", "admin", "--password-stdin"],
+        env=cli_env,
+        input="Password1!\n",
+    )
+    assert_clean_failure(weak, 1, "too easy to guess")
+
+
+@pytest.mark.parametrize(
+    ("args", "phrase"),
+    [
+        (["--role", "provider"], "--practitioner"),
+        (["--role", "admin", "--practitioner", "Practitioner/x"], "only providers"),
+        (["--role", "auditor", "--staff-of", "Practitioner/x"], "only staff"),
+        (["--role", "staff", "--staff-of", "Patient/x"], "Practitioner/{id}"),
+        (["--role", "patient"], "--role"),
+    ],
+)
+def test_user_add_refuses_bad_options_cleanly(cli_env, args, phrase) -> None:
+    result = invoke(cli_env, "user", "add", "--username", f"bad{uuid.uuid4().hex[:6]}", *args)
+    assert_clean_failure(result, 2, phrase)
+
+
+def test_user_add_refuses_an_unknown_practitioner(cli_env) -> None:
+    result = invoke(
+        cli_env,
+        "user",
+        "add",
+        "--username",
+        f"u{uuid.uuid4().hex[:6]}",
+        "--role",
+        "provider",
+        "--practitioner",
+        "Practitioner/does-not-exist",
+    )
+    assert_clean_failure(result, 1, "does not exist")
+
+
+def test_user_disable_ends_sessions_and_tokens_at_once_and_enable_restores(cli_env, cli_settings, session) -> None:
+    user = make_user(session, cli_settings)
+    client, headers = _api(cli_env, cli_settings, user.username)
+    assert client.get("/fhir/Practitioner", headers=headers).status_code == 200
+    assert invoke(cli_env, "user", "disable", "--username", user.username).exit_code == 0
+    assert client.get("/fhir/Practitioner", headers=headers).status_code == 401  # at once, not in an hour
+    assert_clean_failure(invoke(cli_env, "token", "--user", user.username), 1, "disabled")
+    assert invoke(cli_env, "user", "disable", "--username", user.username).exit_code == 0  # idempotent
+    assert invoke(cli_env, "user", "enable", "--username", user.username).exit_code == 0
+    assert client.get("/fhir/Practitioner", headers=headers).status_code == 401  # old tokens stay ended
+    _, fresh = _api(cli_env, cli_settings, user.username)
+    assert client.get("/fhir/Practitioner", headers=fresh).status_code == 200
+    assert_clean_failure(invoke(cli_env, "user", "disable", "--username", "ghost-nobody"), 1, "no such user")
+
+
+def test_user_assign_adds_and_removes_a_providers_staff(cli_env, cli_settings, session) -> None:
+    doc = _practitioner(cli_settings)
+    staff = make_user(session, cli_settings, role="staff")
+    name, key = staff.username, (staff.id, doc)  # read now: a rollback expires them (SQLite locks)
+    ok = invoke(cli_env, "user", "assign", "--username", name, "--provider", doc)
+    assert ok.exit_code == 0 and "assigned to" in ok.output
+    again = invoke(cli_env, "user", "assign", "--username", name, "--provider", doc)
+    assert "already works for" in again.output
+    session.rollback()
+    assert session.get(StaffAssignment, key) is not None
+    session.rollback()
+    gone = invoke(cli_env, "user", "assign", "--username", name, "--provider", doc, "--remove")
+    assert gone.exit_code == 0 and "removed from" in gone.output, gone.output
+    session.rollback()
+    assert session.get(StaffAssignment, key) is None
+    session.rollback()
+    admin = make_user(session, cli_settings).username
+    assert_clean_failure(invoke(cli_env, "user", "assign", "--username", admin, "--provider", doc), 1, "only staff")
+
+
 # ---------------------------------------------------------------- serve
 
 

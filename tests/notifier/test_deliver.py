@@ -141,3 +141,24 @@ def test_due_rows_picks_overdue_pending_rows_once(nsettings: Settings, maker: se
     # Claimed: the next sweep leaves it alone for another grace period, then takes it again.
     assert old not in due_rows(nsettings, maker, now=now + timedelta(seconds=5), limit=10_000)
     assert old in due_rows(nsettings, maker, now=now + timedelta(seconds=25), limit=10_000)
+
+
+def test_a_password_reset_notice_goes_out_with_its_own_text_and_no_phi(
+    nsettings: Settings, maker: sessionmaker[Session], mailbox: MailCatcher
+) -> None:
+    """Defect 1: the patient learns of a reset by email; nothing about them or the password in it."""
+    from fhirserver.webmail.outbox import queue_notice
+
+    pid, address, family = sentinel_patient(maker, nsettings)
+    event = f"zzphisentinel-audit-{uid()}"
+    with maker() as session, session.begin():
+        oid = queue_notice(session, nsettings, kind="password-reset", subject_id=event, recipient_ref=f"Patient/{pid}")
+        session.info.pop("outbox_new")
+    assert deliver(nsettings, maker, oid).status == "sent"
+    [mail] = mailbox.to(address)
+    body = mail.message.get_body().get_content()  # type: ignore[union-attr]
+    assert mail.message["Subject"] == "Your patient portal password was reset"
+    assert "reset the password" in body and f"{nsettings.base_url}/portal/" in body
+    assert_no_phi(mail, "ZZPHISENTINEL", family, event, pid)
+    assert outbox_row(maker, oid).message_id == mail.message["Message-ID"]
+    assert mail.message["Message-ID"].startswith("<password-reset.")
