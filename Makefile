@@ -17,7 +17,7 @@ help:
 	@echo "make run    - set up .venv, migrate and seed var/fhirserver.db, start the dev server"
 	@echo "make test   - run every test (SQLite + PostgreSQL; browser and Celery tests on PostgreSQL + Redis)"
 	@echo "make lint   - ruff check, ruff format --check, mypy"
-	@echo "make bench  - run the benchmarks (bench/run.py)"
+	@echo "make bench  - run the benchmarks (bench/run.py, bench/security.py; wrk needed)"
 	@echo "make clean  - remove var/ (dev database, mail, dev secrets) and caches"
 
 venv: $(STAMP)
@@ -51,6 +51,7 @@ lint: venv
 
 bench: venv
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/security.py
 
 clean:
 	rm -rf var tests/artifacts .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info

@@ -34,6 +34,7 @@ from tests.support import create_pg_database, drop_pg_database, free_port, redis
 
 GUNICORN = ["-w", "2", "-k", "gthread", "--threads", "4", "--log-level", "warning"]
 FHIR = "application/fhir+json"
+SECURITY_SECTION = "<!-- bench/security.py: start -->"
 
 
 def wait_http(url: str, timeout: float = 30) -> None:
@@ -53,7 +54,7 @@ def seed(env: dict[str, str], messages: int) -> dict[str, Any]:
     from fhirserver.core.principal import system_principal
     from fhirserver.core.repository import Repository
     from fhirserver.db import make_sessionmaker
-    from smart_auth.tokens import issue_access_token
+    from smart_auth.grants import issue_token
     from tests.factories import PATIENT_SCOPE, PROVIDER_SCOPE, make_practice, message_json, patient_json
 
     settings = load_settings(env)
@@ -73,11 +74,12 @@ def seed(env: dict[str, str], messages: int) -> dict[str, Any]:
     out = {
         "practice": practice,
         "read_id": extra.res_id,
-        "provider_token": issue_access_token(settings, user=provider, client_id="bench", scope=PROVIDER_SCOPE),
-        "patient_token": issue_access_token(
-            settings, user=patient, client_id="bench", scope=PATIENT_SCOPE, patient=practice.patient_id
+        "provider_token": issue_token(session, settings, user=provider, client_id="bench", scope=PROVIDER_SCOPE),
+        "patient_token": issue_token(
+            session, settings, user=patient, client_id="bench", scope=PATIENT_SCOPE, patient=practice.patient_id
         ),
     }
+    session.commit()
     session.close()
     return out
 
@@ -362,7 +364,10 @@ def write_report(
         "This is the baseline; the targets come in later issues (roadmap).",
         "",
     ]
-    path.write_text("\n".join(lines))
+    # Keep the section bench/security.py writes (it runs after this script in `make bench`).
+    old = path.read_text() if path.exists() else ""
+    kept = old[old.index(SECURITY_SECTION) :] if SECURITY_SECTION in old else ""
+    path.write_text("\n".join(lines) + ("\n" + kept if kept else ""))
 
 
 if __name__ == "__main__":

@@ -13,14 +13,16 @@ from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
 from fhirserver.app import create_app
 from fhirserver.config import Settings, load_settings
+from fhirserver.core.ports import TokenAuthority
 
 
-def create_wsgi(settings: Settings | None = None) -> Any:
+def create_wsgi(settings: Settings | None = None, *, tokens: TokenAuthority | None = None) -> Any:
+    """API and portal in one WSGI app; ``tokens`` as for ``create_app`` (the benchmark's baseline)."""
     from portal_app.app import create_portal_app
     from portal_app.config import PortalConfig
 
     settings = settings or load_settings()
-    core = create_app(settings)
+    core = create_app(settings, tokens=tokens)
     portal = create_portal_app(
         PortalConfig(
             base_url=settings.base_url,
