@@ -44,13 +44,20 @@ def register_client(
     secret: str | None = None,
     first_party: bool = False,
     grant_types: Iterable[str] = ("authorization_code", "refresh_token"),
+    resource_server: bool = False,
 ) -> OAuthClient:
-    """Create the client, or update it in place when ``client_id`` exists. The caller commits."""
+    """Create the client, or update it in place when ``client_id`` exists. The caller commits.
+
+    A ``resource_server`` (it must be confidential) may introspect any token (RFC 7662);
+    other confidential clients introspect only their own.
+    """
     if not client_id or len(client_id) > 100 or not set(client_id) <= CLIENT_ID_CHARS:
         raise ClientError("client_id must be 1-100 URL-safe characters")
     uris = [_check_redirect_uri(u) for u in redirect_uris]
     if not uris:
         raise ClientError("at least one redirect URI is required")
+    if resource_server and not secret:
+        raise ClientError("a resource server must be a confidential client (it authenticates to introspect)")
     grants = list(dict.fromkeys(grant_types))
     if not grants or not set(grants) <= GRANT_TYPES:
         raise ClientError("grant_types may only be authorization_code and refresh_token")
@@ -67,6 +74,7 @@ def register_client(
     client.scope = " ".join(scope.split())
     client.grant_types = json.dumps(grants)
     client.first_party = first_party
+    client.resource_server = resource_server
     if secret:
         client.client_secret_hash = sha256_hex(secret)
         client.token_endpoint_auth_method = "client_secret_basic"  # noqa: S105 - a method name

@@ -227,3 +227,48 @@ def test_defect1_reset_of_a_patient_without_an_account_is_409(app, client, setti
     resp = client.post(f"/fhir/Patient/{pid}/$reset-portal-password", headers=_h(token))
     assert resp.status_code == 409 and "no portal account" in _outcome(resp)["issue"][0]["diagnostics"]
     assert client.post(f"/fhir/Patient/{pid}/$reset-portal-password", data=b"x", headers=_h(token)).status_code == 400
+
+
+# -- C3: each scope letter alone --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("letter", list("cruds"))
+def test_C3_each_scope_letter_alone_allows_its_interaction_only(app, client, settings, practice, letter) -> None:
+    token = token_for(app, settings, practice.provider_user_id, f"user/Patient.{letter}")
+    with app.app_context():
+        victims = [make_patient(db.session, settings, practice.practitioner_ref) for _ in range(2)]
+        db.session.remove()
+    body = patient_json([practice.practitioner_ref])
+    current = patient_json([practice.practitioner_ref], id=victims[0])
+    json_h = _h(token, **{"Content-Type": FHIR})
+    answers = {
+        "c": client.post("/fhir/Patient", data=json.dumps(body), headers=json_h).status_code,
+        "r": client.get(f"/fhir/Patient/{victims[0]}", headers=_h(token)).status_code,
+        "u": client.put(f"/fhir/Patient/{victims[0]}", data=json.dumps(current), headers=json_h).status_code,
+        "d": client.delete(f"/fhir/Patient/{victims[1]}", headers=_h(token)).status_code,
+        "s": client.get(f"/fhir/Patient?_id={victims[0]}", headers=_h(token)).status_code,
+    }
+    allowed = {k for k, status in answers.items() if status < 300}
+    assert allowed == {letter}, answers
+    assert all(status == 403 for k, status in answers.items() if k != letter), answers
+
+
+# -- defect 5 inside Flask: routing errors are OperationOutcomes too --------------------------------
+
+
+@pytest.mark.parametrize("method", ["TRACE", "PROPFIND", "CONNECT", "MKCOL", "LOCK"])
+def test_defect5_unknown_methods_get_a_405_operation_outcome(client, method) -> None:
+    resp = client.open("/fhir/Patient/x", method=method)
+    assert resp.status_code == 405 and resp.headers["Allow"]
+    assert _outcome(resp)["issue"][0]["code"] == "not-supported"
+    assert resp.headers["Content-Type"].startswith("application/fhir+json")
+
+
+def test_defect5_ids_with_line_breaks_reach_the_fhir_error_path(app, client, settings, practice) -> None:
+    token = token_for(app, settings, practice.provider_user_id, PROVIDER_SCOPE)
+    for path in ("/fhir/Patient/a%0d%0ab", "/fhir/Patient/a%0ab/_history", "/fhir/%0aPatient"):
+        assert client.get(path).status_code == 401  # no token: 401 first, whatever the path
+        resp = client.get(path, headers=_h(token))
+        assert resp.status_code in (400, 404), (path, resp.status_code)
+        _outcome(resp)
+        assert "\\n" not in resp.get_data(as_text=True)  # the id is not echoed, escaped or not
