@@ -65,6 +65,9 @@ class Settings:
     console_client_secret: str = ""
     # Where the portal keeps its server-side sessions: filesystem:///path or redis://...
     portal_session_url: str = ""
+    # The AES-256-GCM key of the portal's session store (base64 of 32 bytes); empty: derived
+    # from SECRET_KEY (portal_app.config.PortalConfig.session_key).
+    portal_session_key: str = ""
     dev_mode: bool = False
     celery_eager: bool = False
     # "celery": enqueue a notification task after each commit that wrote outbox rows;
@@ -169,6 +172,14 @@ def load_settings(env: dict[str, str] | None = None, **overrides: Any) -> Settin
             raise SettingsError(f"{var} is required outside development")
         return _dev_secret(var_dir, filename, make)
 
+    portal_key = env.get("PORTAL_SESSION_ENCRYPTION_KEY", "")
+    if portal_key:
+        try:
+            ok = len(base64.b64decode(portal_key, altchars=b"-_", validate=True)) == 32
+        except ValueError:
+            ok = False
+        if not ok:
+            raise SettingsError("PORTAL_SESSION_ENCRYPTION_KEY must be the base64 of 32 bytes")
     key_spec = secret("ENCRYPTION_KEYS", "encryption-keys", lambda: "dev1:" + base64.b64encode(os.urandom(32)).decode())
     keys = parse_keys(key_spec)
     pem = env.get("JWT_PRIVATE_KEY_PEM") or (
@@ -197,6 +208,7 @@ def load_settings(env: dict[str, str] | None = None, **overrides: Any) -> Settin
             "CONSOLE_CLIENT_SECRET", "console-client-secret", lambda: secrets.token_urlsafe(32)
         ),
         "portal_session_url": env.get("PORTAL_SESSION_URL", f"filesystem://{var_dir / 'portal-sessions'}"),
+        "portal_session_key": env.get("PORTAL_SESSION_ENCRYPTION_KEY", ""),
         "dev_mode": dev,
         "celery_eager": env.get("CELERY_EAGER", "") == "1",
         "notify_dispatch": env.get("NOTIFY_DISPATCH", "celery"),

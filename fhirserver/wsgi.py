@@ -30,6 +30,7 @@ def create_wsgi(settings: Settings | None = None, *, tokens: TokenAuthority | No
             patient_client_secret=settings.portal_client_secret,
             console_client_secret=settings.console_client_secret,
             session_url=settings.portal_session_url,
+            session_encryption_key=settings.portal_session_key or None,
             session_idle_minutes=settings.session_idle_minutes,
             dev_mode=settings.dev_mode,
         )

@@ -9,13 +9,13 @@ about to expire; when that is impossible (or the API answers 401) the view raise
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode
 
-from flask import Blueprint, Flask, current_app, redirect, request, session
+from flask import Blueprint, Flask, current_app, redirect, request, session, url_for
 from werkzeug.wrappers import Response
 
 from portal_app import oauth
@@ -32,6 +32,7 @@ CONSOLE_SCOPE = (
     "openid fhirUser user/Patient.cruds user/Practitioner.rs user/Communication.cruds user/Organization.rs "
     "offline_access"
 )
+log = logging.getLogger(__name__)
 MAX_PENDING = 5
 PENDING_SECONDS = 600
 
@@ -251,29 +252,50 @@ def call(realm_name: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 def logout() -> Response:
-    """End every portal sign-in, revoke the refresh tokens, then end the auth server session."""
-    realms = session.get("realms") or {}
-    try:
-        endpoints: oauth.Endpoints | None = _discovery().endpoints()
-    except oauth.OAuthError:
-        endpoints = None
-    if endpoints and endpoints.revocation:
-        for name, data in realms.items():
-            realm = current_app.extensions["portal.realms"].get(name)
-            if realm and data.get("refresh_token"):
-                oauth.revoke(
-                    _discovery().backchannel(endpoints.revocation),
-                    realm.client_id,
-                    realm.client_secret,
-                    data["refresh_token"],
-                    "refresh_token",
-                )
-    session.clear()
-    # The auth server signs out on a POST from its own confirmation page (its CSRF token),
-    # then returns to our signed-out page (a same-site path, which it accepts as ``next``).
-    base = _config().public_base
-    query = urlencode({"next": "/portal/signed-out"})
-    return redirect(f"{base}/auth/logout?{query}", 303)
+    """One click signs out everywhere, all of it server-side, then shows our signed-out page.
+
+    For each realm: revoke its refresh token (RFC 7009: the whole grant ends, access tokens
+    included) and end its sign-in at the authorization server (back-channel ``end-session``
+    with the realm's id_token), so that the next "Sign in" asks for the password again; then
+    the portal's own session goes. The browser is never sent to the authorization server's
+    "sign out?" page: a user who stopped there would still be signed in. Best effort: a
+    failure is logged (never a token) and the portal session is cleared all the same.
+    """
+    realms = dict(session.get("realms") or {})
+    endpoints: oauth.Endpoints | None = None
+    if realms:
+        try:
+            endpoints = _discovery().endpoints()
+        except oauth.OAuthError:
+            log.warning("logout: the authorization server cannot be reached; its sign-ins were not ended")
+    for name, data in realms.items():
+        realm = current_app.extensions["portal.realms"].get(name)
+        if endpoints and realm and isinstance(data, dict):
+            _end_sign_in(realm, data, endpoints)
+    session.clear()  # empty: Flask-Session deletes the stored session and the cookie
+    return redirect(url_for("patient.signed_out"), 303)
+
+
+def _end_sign_in(realm: Realm, data: dict[str, Any], endpoints: oauth.Endpoints) -> None:
+    """Revoke the realm's grant and end its sign-in at the authorization server (logged, never raised)."""
+    disc = _discovery()
+    refresh_token, access_token = data.get("refresh_token"), data.get("access_token")
+    token, hint = (refresh_token, "refresh_token") if refresh_token else (access_token, "access_token")
+    if not endpoints.revocation:
+        log.warning("logout (%s): no revocation endpoint is advertised; the grant was not revoked", realm.name)
+    elif (
+        isinstance(token, str)
+        and token
+        and not oauth.revoke(disc.backchannel(endpoints.revocation), realm.client_id, realm.client_secret, token, hint)
+    ):
+        log.warning("logout (%s): revoking the grant failed", realm.name)
+    id_token = data.get("id_token")
+    if not isinstance(id_token, str) or not id_token:
+        log.warning("logout (%s): no id_token; the authorization server sign-in was not ended", realm.name)
+    elif endpoints.end_session and not oauth.end_session(
+        disc.backchannel(endpoints.end_session), realm.client_id, realm.client_secret, id_token
+    ):
+        log.warning("logout (%s): ending the authorization server sign-in failed", realm.name)
 
 
 def add_sign_in_routes(bp: Blueprint, realm_name: str) -> None:

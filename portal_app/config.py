@@ -6,8 +6,16 @@ never the database or the server's keys, so its configuration is deliberately sm
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 from dataclasses import dataclass
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+# HKDF "info": the purpose of the derived key, so that it is never the key of anything else.
+SESSION_KEY_PURPOSE = b"fhir-webmail portal session store AES-256-GCM v1"
 
 
 @dataclass(frozen=True)
@@ -24,6 +32,25 @@ class PortalConfig:
     # Where the portal's server-side HTTP calls go when the public base URL is not
     # reachable from inside the deployment (e.g. behind a proxy); defaults to base_url.
     internal_base_url: str | None = None
+    # The AES-256-GCM key of the session store: 32 raw bytes or their base64. Without it the
+    # key is derived from secret_key (HKDF-SHA256), so a new secret_key also ends every session.
+    session_encryption_key: bytes | str | None = None
+
+    def session_key(self) -> bytes:
+        """The 32-byte key that seals stored sessions (ValueError, naming no value, if it is bad)."""
+        if self.session_encryption_key is None:
+            return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=SESSION_KEY_PURPOSE).derive(
+                self.secret_key.encode("utf-8")
+            )
+        if isinstance(self.session_encryption_key, bytes) and len(self.session_encryption_key) == 32:
+            return self.session_encryption_key
+        try:
+            key = base64.b64decode(self.session_encryption_key, altchars=b"-_", validate=True)
+        except (binascii.Error, ValueError):
+            key = b""
+        if len(key) != 32:
+            raise ValueError("session_encryption_key must be 32 bytes, raw or base64")
+        return key
 
     @property
     def public_base(self) -> str:
@@ -58,4 +85,5 @@ class PortalConfig:
             patient_client_id=env.get("PORTAL_CLIENT_ID", "portal"),
             console_client_id=env.get("CONSOLE_CLIENT_ID", "console"),
             internal_base_url=env.get("PORTAL_INTERNAL_BASE_URL") or None,
+            session_encryption_key=env.get("PORTAL_SESSION_ENCRYPTION_KEY") or None,
         )

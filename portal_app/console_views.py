@@ -7,10 +7,10 @@ what may be sent (it answers 422 with an OperationOutcome that is shown as is).
 
 from __future__ import annotations
 
+import time
 from typing import Any
-from urllib.parse import quote
 
-from flask import Blueprint, flash, jsonify, redirect, render_template, request, url_for
+from flask import Blueprint, abort, flash, jsonify, redirect, render_template, request, session, url_for
 from werkzeug.wrappers import Response
 
 from portal_app import auth, lookups
@@ -23,13 +23,15 @@ from portal_app.forms import (
     ProviderContactForm,
 )
 from portal_app.mail_views import (
+    FHIR_ID,
     NOT_LINKED,
-    mark_read_if_mine,
+    change_read_state,
     offer_primary_providers,
     refusal,
     reply_page,
     search_messages,
     send,
+    with_my_read_state,
 )
 from portal_app.webmail import (
     bundle_resources,
@@ -151,8 +153,7 @@ def message(msg_id: str) -> str:
     user = _user()
 
     def work(client: FhirApi) -> str:
-        msg = summarize(client.read("Communication", msg_id))
-        mark_read_if_mine(client, msg, user.practitioner)
+        msg = with_my_read_state(client, summarize(client.read("Communication", msg_id)), user.practitioner)
         people = lookups.names(client, [msg.sender, msg.patient, *msg.recipients])
         return render_template("console/message.html", msg=msg, people=people, me=user.practitioner)
 
@@ -162,14 +163,7 @@ def message(msg_id: str) -> str:
 
 def _mark(msg_id: str, op: str) -> Response:
     _user()
-    try:
-        auth.call(REALM, lambda c: c.operation(f"Communication/{quote(msg_id, safe='')}/{op}"))
-    except ApiError as exc:
-        refusal(exc)
-        flash(exc.text, "error")
-    else:
-        flash("Marked as read." if op == "$mark-read" else "Marked as unread.", "success")
-    return redirect(_safe_back(url_for("console.inbox")), 303)
+    return change_read_state(REALM, msg_id, op, _safe_back(url_for("console.inbox")))
 
 
 @bp.post("/messages/<msg_id>/mark-read")
@@ -281,6 +275,7 @@ def chart(pid: str) -> str:
             page=page,
             people=people,
             me=user.practitioner,
+            portal_reset_url=url_for("console.reset_password", pid=pid),  # offered with a 409's flash
         )
 
     result: str = auth.call(REALM, work)
@@ -319,29 +314,99 @@ def compose_patient(pid: str) -> Response | tuple[str, int]:
     return result
 
 
-@bp.post("/patients/<pid>/grant-access")
-def grant_access(pid: str) -> Response | tuple[str, int]:
-    """Show the one-time credentials once, in this response only (never in a URL or a redirect)."""
-    _user()
+# -- portal access: a one-time password, shown once ---------------------------------------------
+#
+# The credentials travel POST -> session -> one GET: the POST calls the operation and keeps
+# its answer in the server-side session (never in a URL or a cookie value), then redirects
+# to the sheet, whose first GET takes them out of the session. A reload, the back button or
+# a second tab get the "shown once" page: nothing is issued again and the password is gone.
 
-    def work(client: FhirApi) -> Response | tuple[str, int]:
+SHEET_SECONDS = 600  # a sheet never fetched (closed tab) does not wait in the session longer
+
+
+def _check_pid(pid: str) -> None:
+    """A patient id the portal will put in a session key or a URL (the API checks the rest)."""
+    if not FHIR_ID.fullmatch(pid):
+        abort(404)
+
+
+def _keep_sheet(pid: str, name: str, result: dict[str, Any], reset: bool) -> None:
+    now = time.time()
+    sheets = {k: v for k, v in _sheets().items() if now - float(v.get("t", 0)) < SHEET_SECONDS}
+    sheets[pid] = {
+        "t": now,
+        "name": name,
+        "reset": reset,
+        "username": str(parameters_value(result, "username") or ""),
+        "password": str(parameters_value(result, "password") or ""),
+        "portal_url": str(parameters_value(result, "portalUrl") or ""),
+    }
+    session["portal_sheets"] = sheets
+
+
+def _sheets() -> dict[str, dict[str, Any]]:
+    found = session.get("portal_sheets")
+    return {k: v for k, v in found.items() if isinstance(v, dict)} if isinstance(found, dict) else {}
+
+
+def _take_sheet(pid: str) -> dict[str, Any] | None:
+    """The credentials waiting for this patient's sheet, removed from the session as they are read."""
+    sheets = _sheets()
+    sheet = sheets.pop(pid, None)
+    session["portal_sheets"] = sheets
+    if sheet is None or time.time() - float(sheet.get("t", 0)) >= SHEET_SECONDS:
+        return None
+    return sheet
+
+
+def _portal_operation(pid: str, op: str, reset: bool) -> Response:
+    """Run $grant-portal-access or $reset-portal-password; on success the sheet, on a refusal
+    the chart with the server's reason (a 409 names the account's state; after a grant the
+    chart offers the reset with it)."""
+    _user()
+    _check_pid(pid)
+
+    def work(client: FhirApi) -> Response:
         patient = client.read("Patient", pid)
         try:
-            result = client.operation(f"Patient/{pid}/$grant-portal-access")
+            result = client.operation(f"Patient/{pid}/{op}")
         except ApiError as exc:
             for text in refusal(exc):
-                flash(text, "error")
+                flash(text, "portal-access" if exc.status == 409 and not reset else "error")
             return redirect(url_for("console.chart", pid=pid), 303)
-        return render_template(
-            "console/grant_sheet.html",
-            name=format_name(patient) or "Patient",
-            username=parameters_value(result, "username") or "",
-            password=parameters_value(result, "password") or "",
-            portal_url=parameters_value(result, "portalUrl") or "",
-        ), 200
+        _keep_sheet(pid, format_name(patient) or "Patient", result, reset)
+        return redirect(url_for("console.portal_sheet", pid=pid), 303)
 
-    result: Response | tuple[str, int] = auth.call(REALM, work)
-    return result
+    response: Response = auth.call(REALM, work)
+    return response
+
+
+@bp.post("/patients/<pid>/grant-access")
+def grant_access(pid: str) -> Response:
+    """Create the patient's portal account; the one-time password goes to the shown-once sheet."""
+    return _portal_operation(pid, "$grant-portal-access", reset=False)
+
+
+@bp.route("/patients/<pid>/reset-password", methods=["GET", "POST"])
+def reset_password(pid: str) -> Response | str:
+    """GET asks to confirm (a GET never changes anything); the POST replaces the password."""
+    if request.method == "POST":
+        return _portal_operation(pid, "$reset-portal-password", reset=True)
+    _user()
+    _check_pid(pid)
+    patient = auth.call(REALM, lambda c: c.read("Patient", pid))
+    return render_template("console/reset_confirm.html", patient=patient, name=format_name(patient) or "Patient")
+
+
+@bp.get("/patients/<pid>/portal-sheet")
+def portal_sheet(pid: str) -> tuple[str, int]:
+    """The credentials sheet, once; afterwards (reload, back, another tab) a page that says so."""
+    _user()
+    _check_pid(pid)
+    sheet = _take_sheet(pid)
+    if sheet is None:
+        return render_template("console/sheet_gone.html", pid=pid), 410
+    return render_template("console/grant_sheet.html", pid=pid, **sheet), 200
 
 
 @bp.route("/provider-contacts/new", methods=["GET", "POST"])

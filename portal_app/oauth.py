@@ -36,6 +36,7 @@ class Endpoints:
     authorize: str
     token: str
     revocation: str | None = None
+    end_session: str | None = None
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,13 @@ def decode_claims(jwt: str) -> dict[str, Any]:
     return claims if isinstance(claims, dict) else {}
 
 
+def end_session_endpoint(token_endpoint: str) -> str:
+    """Our authorization server's back-channel logout, next to its token endpoint
+    (``.../auth/token`` -> ``.../auth/end-session``). Discovery does not advertise it: it is
+    this server's own endpoint, not a standard one."""
+    return token_endpoint.rsplit("/", 1)[0] + "/end-session"
+
+
 class Discovery:
     """Reads and caches ``.well-known/smart-configuration`` (the FHIR base first, then the root)."""
 
@@ -155,10 +163,12 @@ class Discovery:
             except ValueError:
                 continue
             if isinstance(doc, dict) and doc.get("authorization_endpoint") and doc.get("token_endpoint"):
+                token = str(doc["token_endpoint"])
                 return Endpoints(
                     authorize=str(doc["authorization_endpoint"]),
-                    token=str(doc["token_endpoint"]),
+                    token=token,
                     revocation=doc.get("revocation_endpoint"),
+                    end_session=end_session_endpoint(token),
                 )
         raise OAuthError("The sign-in service cannot be reached right now.", 503)
 
@@ -220,20 +230,33 @@ def refresh(token_url: str, client_id: str, client_secret: str, tokens: Tokens) 
         client_secret,
         {"grant_type": "refresh_token", "refresh_token": tokens.refresh_token},
     )
-    # A refresh answer may omit the patient context: keep the one we had.
+    # A refresh answer may omit the patient context or the id_token: keep the ones we had
+    # (logout needs the id_token to end the sign-in at the authorization server).
     if new.patient is None and tokens.patient is not None:
         new = replace(new, patient=tokens.patient)
+    if new.id_token is None and tokens.id_token is not None:
+        new = replace(new, id_token=tokens.id_token)
     return new
 
 
-def revoke(url: str, client_id: str, client_secret: str, token: str, hint: str) -> None:
-    """Best effort (RFC 7009): logout must not fail because revocation did."""
+def revoke(url: str, client_id: str, client_secret: str, token: str, hint: str) -> bool:
+    """RFC 7009 revocation with client Basic auth; True when the server answered 200.
+
+    Never raises: logout goes on whatever happens here (the caller logs a failure).
+    """
+    return _client_post(url, client_id, client_secret, {"token": token, "token_type_hint": hint}) == 200
+
+
+def end_session(url: str, client_id: str, client_secret: str, id_token: str) -> bool:
+    """End the user's sign-in at the authorization server (its back-channel ``end-session``,
+    named by the id_token's ``sid``); True when it answered 204. Never raises."""
+    return _client_post(url, client_id, client_secret, {"id_token_hint": id_token}) == 204
+
+
+def _client_post(url: str, client_id: str, client_secret: str, data: dict[str, str]) -> int | None:
+    """POST a form as the client (HTTP Basic); the status, or None when the server is unreachable."""
     try:
-        requests.post(
-            url,
-            data={"token": token, "token_type_hint": hint},
-            auth=(client_id, client_secret),
-            timeout=HTTP_TIMEOUT,
-        )
+        resp = requests.post(url, data=data, auth=(client_id, client_secret), timeout=HTTP_TIMEOUT)
     except requests.RequestException:
-        return
+        return None
+    return resp.status_code

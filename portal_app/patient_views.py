@@ -14,7 +14,15 @@ from werkzeug.wrappers import Response
 from portal_app import auth, lookups
 from portal_app.fhir_api import FhirApi
 from portal_app.forms import ActionForm, PatientComposeForm
-from portal_app.mail_views import mark_read_if_mine, offer_primary_providers, reply_page, search_messages, send
+from portal_app.mail_views import (
+    FHIR_ID,
+    change_read_state,
+    offer_primary_providers,
+    reply_page,
+    search_messages,
+    send,
+    with_my_read_state,
+)
 from portal_app.webmail import new_message, summarize
 
 REALM = "patient"
@@ -84,14 +92,20 @@ def message(msg_id: str) -> str:
     _, me = _me()
 
     def work(client: FhirApi) -> str:
-        comm = client.read("Communication", msg_id)
-        msg = summarize(comm)
-        mark_read_if_mine(client, msg, me)
+        msg = with_my_read_state(client, summarize(client.read("Communication", msg_id)), me)
         people = lookups.names(client, [msg.sender, *msg.recipients])
         return render_template("patient/message.html", msg=msg, people=people, me=me)
 
     result: str = auth.call(REALM, work)
     return result
+
+
+@bp.post("/messages/<msg_id>/mark-read")
+def mark_read(msg_id: str) -> Response:
+    """The message page's "Mark as read" form (mark-read.js posts it when the page opens)."""
+    _me()
+    done = url_for("patient.message", msg_id=msg_id) if FHIR_ID.fullmatch(msg_id) else url_for("patient.inbox")
+    return change_read_state(REALM, msg_id, "$mark-read", done)
 
 
 @bp.route("/messages/<msg_id>/reply", methods=["GET", "POST"])

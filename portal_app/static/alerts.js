@@ -1,6 +1,7 @@
 /* The provider console's Alerts badge: asks the portal for the unread WebMail count every 5 s.
    An external file (no inline script, the CSP forbids it); the count comes from a same-origin
-   JSON endpoint that carries no PHI. When the session has ended the polling stops. */
+   JSON endpoint that carries no PHI. When the session has ended the polling stops. It also
+   asks at once when mark-read.js reports that this page marked a message read. */
 (function () {
   "use strict";
   var link = document.getElementById("alerts");
@@ -28,4 +29,6 @@
   }
 
   timer = window.setInterval(poll, 5000);
+  // mark-read.js changed the read state on this page: show the new count at once.
+  document.addEventListener("portal:read-state-changed", poll);
 })();

@@ -1,11 +1,11 @@
 """The browser tests' own stack: PostgreSQL, the whole WSGI app on a real port, a real SMTP server.
 
-Built once per run (session scope) and only on PostgreSQL. Notifications go the production
-way: the outbox row is enqueued after commit to Redis (a database number of the browser
-tests' own), a real Celery worker process sends it, and it reaches an aiosmtpd server
-started here, so a test can follow the link of the email a patient receives.
-Users, resources and clients are created with our public functions (test code only);
-the portal itself is driven only through Chromium.
+Built once per run (session scope) and only on PostgreSQL. The portal keeps its sessions in
+Redis (the production backend). Notifications go the production way: the outbox row is
+enqueued after commit to Redis (a database number of the browser tests' own), a real Celery
+worker process sends it, and it reaches an aiosmtpd server started here, so a test can
+follow the link of the email a patient receives. Users, resources and clients are created
+with our public functions (test code only); the portal itself is driven only through Chromium.
 """
 
 from __future__ import annotations
@@ -160,6 +160,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, redis_db: int, artifacts: Pa
             PORTAL_CLIENT_SECRET=secrets.token_urlsafe(24),
             CONSOLE_CLIENT_SECRET=secrets.token_urlsafe(24),
             SESSION_IDLE_MINUTES="30",
+            # The portal's sessions on Redis, as in production (the HTTP tests use the files).
+            PORTAL_SESSION_URL=broker,
         )
         settings = load_settings(env)
         maker = make_sessionmaker(db_url)

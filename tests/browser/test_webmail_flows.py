@@ -6,7 +6,8 @@
 2. A patient writes to their primary provider; the badge rises; reading clears it.
 3. A provider creates a provider-contact record, grants portal access, and the receiving
    provider signs in with the one-time password, chooses a password, and messages go both ways.
-Plus native provider-to-provider WebMail and logout.
+Plus native provider-to-provider WebMail and logout (tests/browser/test_account_flows.py has
+the one-click logout, portal-access and read-state defects in detail).
 """
 
 from __future__ import annotations
@@ -130,6 +131,7 @@ def test_provider_writes_patient_reads_and_replies(
     expect(patient.get_by_role("heading", name=subject)).to_be_visible()
     expect(patient.get_by_text(body)).to_be_visible()
     expect(patient.locator(".message-header")).to_contain_text(dr.name)
+    expect(patient.locator("#read-status")).to_have_text("Marked as read.")  # mark-read.js, by POST
     patient.get_by_role("link", name="Reply").click()
     expect(patient.get_by_label("Subject")).to_have_value(f"RE: {subject}")
     patient.get_by_label("Message").fill(answer)
@@ -186,9 +188,12 @@ def test_patient_writes_to_primary_provider_and_reading_clears_the_badge(
     shot(prov, "2-provider-badge")
     prov.get_by_role("link", name="WebMail inbox").click()
     expect(row(prov, subject)).to_contain_text("Unread")
-    prov.get_by_role("link", name=subject).click()
+    with prov.expect_response(lambda r: r.url.endswith("/mark-read") and r.request.method == "POST") as marked:
+        prov.get_by_role("link", name=subject).click()
     expect(prov.get_by_text(body)).to_be_visible()
-    expect(badge(prov)).to_have_text("0")  # reading marked it read (rendered server-side)
+    assert marked.value.status == 200  # mark-read.js posted the page's form; the GET wrote nothing
+    expect(badge(prov)).to_have_text("0")  # mark-read.js asks alerts.js to update the badge at once
+    expect(prov.locator("#read-status")).to_have_text("Marked as read.")
     shot(prov, "3-provider-read")
 
     # Mark unread and read again from the inbox.
@@ -202,12 +207,13 @@ def test_patient_writes_to_primary_provider_and_reading_clears_the_badge(
     expect(row(patient, subject)).to_contain_text("Read")
     expect(row(patient, subject)).not_to_contain_text("Unread")
 
-    # Logout ends the portal session and the sign-in server's session.
+    # One click on Log out ends the portal session and the sign-in server's session.
     patient.get_by_role("button", name="Log out").click()
-    patient.get_by_role("button", name="Sign out").click()
     expect(patient.get_by_role("heading", name="You are signed out")).to_be_visible()
     patient.goto(stack.url + "/portal/sent")
     expect(patient.get_by_role("heading", name="Sign in")).to_be_visible()
+    expect(patient.get_by_label("Password", exact=True)).to_be_visible()
+    assert not any("/auth/logout" in url for url in visited_urls)
     assert_no_phi_in_any_url(visited_urls, subject, body, pat.name.split()[1], pat.password)
 
 
@@ -244,10 +250,10 @@ def test_provider_contact_with_portal_access_messages_both_ways(
     expect(prov.get_by_role("heading", name=contact_name)).to_be_visible()
     expect(prov.locator("h1 .tag")).to_have_text("Provider contact")
 
-    with prov.expect_response(lambda r: r.url.endswith("/grant-access")) as info:
+    with prov.expect_response(lambda r: r.url.endswith("/portal-sheet")) as info:
         prov.get_by_role("button", name="Grant portal access").click()
-    sheet = info.value
-    assert sheet.status == 200
+    sheet = info.value  # POST, then 303 to the sheet's GET (a reload re-posts nothing)
+    assert sheet.status == 200 and sheet.request.method == "GET"
     assert sheet.headers["cache-control"] == "no-store"
     expect(prov.locator(".notice-warning")).to_contain_text("Shown once")
     username = prov.locator("#sheet-username").inner_text().strip()
@@ -261,6 +267,11 @@ def test_provider_contact_with_portal_access_messages_both_ways(
     expect(prov.locator("#sheet-password")).to_be_visible()
     shot(prov, "2b-grant-sheet-print")
     prov.emulate_media(media="screen")
+    prov.reload()  # shown once: the reload shows no password and issues none
+    expect(prov.get_by_role("heading", name="This sheet was shown once")).to_be_visible()
+    assert password not in prov.content()
+    prov.get_by_role("link", name="Back to the chart").click()
+    expect(prov.get_by_role("heading", name=contact_name)).to_be_visible()
 
     contact = new_page()
     contact.goto(portal_url)
@@ -299,7 +310,10 @@ def test_provider_contact_with_portal_access_messages_both_ways(
     expect(row(contact, f"RE: {subject}")).to_contain_text("Unread")
     contact.get_by_role("link", name=f"RE: {subject}").click()
     expect(contact.get_by_text(answer)).to_be_visible()
+    expect(contact.locator("#read-status")).to_have_text("Marked as read.")
     shot(contact, "4-contact-reads-reply")
+    contact.get_by_role("link", name="Back to inbox").click()
+    expect(row(contact, f"RE: {subject}")).not_to_contain_text("Unread")
     assert_no_phi_in_any_url(
         visited_urls, subject, body, answer, family, contact_email, username, password, new_password
     )

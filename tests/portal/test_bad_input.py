@@ -34,6 +34,8 @@ TOO_LARGE = {"csrf_token": "x", "body": "x" * (300 * 1024)}  # over the portal's
         ("patient", {"role": "patient", "patient": "p1", "fhirUser": "Patient/p1"}, "/compose"),
         ("patient", {"role": "patient", "patient": "p1", "fhirUser": "Patient/p1"}, "/messages/m1/reply"),
         ("patient", {"role": "patient", "patient": "p1", "fhirUser": "Patient/p1"}, "/logout"),
+        ("patient", {"role": "patient", "patient": "p1", "fhirUser": "Patient/p1"}, "/messages/m1/mark-read"),
+        ("console", {"role": "provider", "fhirUser": "Practitioner/dr1"}, "/console/patients/p1/reset-password"),
         ("console", {"role": "provider", "fhirUser": "Practitioner/dr1"}, "/console/patients"),
         ("console", {"role": "provider", "fhirUser": "Practitioner/dr1"}, "/console/messages/m1/mark-read"),
         ("console", {"role": "provider", "fhirUser": "Practitioner/dr1"}, "/console/provider-contacts/new"),
@@ -74,6 +76,10 @@ def test_bad_paths_and_methods_are_4xx(web: Any) -> None:
         ("DELETE", "/console/patients"),
         ("PATCH", "/console/"),
         ("GET", "/console/messages/m1/mark-read"),
+        ("GET", "/messages/m1/mark-read"),
+        ("PUT", "/console/patients/p1/reset-password"),
+        ("POST", "/console/patients/p1/portal-sheet"),
+        ("GET", f"/console/patients/{SENTINEL}/portal-sheet"),
         ("GET", f"/{SENTINEL}"),
         ("GET", f"/console/{SENTINEL}"),
         ("GET", "/static/%00x"),
@@ -109,6 +115,7 @@ def test_bad_ids_in_portal_and_console_urls(
     patient = login(base, "patient", practice.patient_username, practice.password)
     provider = login(base, "console", practice.provider_username, practice.password)
     token = csrf(provider.get(base + "/portal/console/", timeout=30).text)
+    patient_token = csrf(patient.get(base + "/portal/", timeout=30).text)
     before = _rows(db_session)
     for bad in BAD_IDS:
         for session, method, path in [
@@ -118,6 +125,8 @@ def test_bad_ids_in_portal_and_console_urls(
             (provider, "GET", f"/portal/console/messages/{bad}/reply"),
             (provider, "GET", f"/portal/console/patients/{bad}"),
             (provider, "GET", f"/portal/console/patients/{bad}/compose"),
+            (provider, "GET", f"/portal/console/patients/{bad}/reset-password"),
+            (provider, "GET", f"/portal/console/patients/{bad}/portal-sheet"),
         ]:
             resp = session.request(method, base + path, timeout=30, allow_redirects=False)
             assert 400 <= resp.status_code < 500, (path, resp.status_code, resp.text[:300])
@@ -131,13 +140,26 @@ def test_bad_ids_in_portal_and_console_urls(
             )
             assert resp.status_code == 303, (bad, op, resp.status_code, resp.text[:300])
             assert resp.headers["Location"].endswith("/portal/console/")
-        resp = provider.post(
-            base + f"/portal/console/patients/{bad}/grant-access",
-            data={"csrf_token": token},
-            timeout=30,
-            allow_redirects=False,
-        )
-        assert 400 <= resp.status_code < 500 and SENTINEL not in resp.text, (bad, resp.status_code)
+        for op in ("grant-access", "reset-password"):
+            resp = provider.post(
+                base + f"/portal/console/patients/{bad}/{op}",
+                data={"csrf_token": token},
+                timeout=30,
+                allow_redirects=False,
+            )
+            assert 400 <= resp.status_code < 500 and SENTINEL not in resp.text, (bad, op, resp.status_code)
+        for accept in ("text/html", "application/json"):
+            resp = patient.post(
+                base + f"/portal/messages/{bad}/mark-read",
+                data={"csrf_token": patient_token},
+                headers={"Accept": accept},
+                timeout=30,
+                allow_redirects=False,
+            )
+            if accept == "text/html":
+                assert resp.status_code == 303 and resp.headers["Location"] == "/portal/", (bad, resp.status_code)
+            else:
+                assert resp.status_code == 404 and SENTINEL not in resp.text, (bad, resp.status_code)
     assert _rows(db_session) == before
 
 

@@ -16,7 +16,7 @@ import pytest
 
 from portal_app.app import create_portal_app
 from portal_app.config import PortalConfig
-from portal_app.sessions import COOKIE_NAME
+from portal_app.sessions import COOKIE_NAME, store_key
 
 BASE = "http://portal.test"
 ROOT = BASE + "/portal/"
@@ -144,8 +144,8 @@ def test_redis_sessions(redis_url: str) -> None:
     get(web, "/")
     sid = web.get_cookie(COOKIE_NAME, domain="portal.test", path="/portal").value
     client = redis.Redis.from_url(redis_url)
-    assert client.exists(f"portal:{sid}")
-    ttl = client.ttl(f"portal:{sid}")
+    assert client.exists(store_key(sid))  # under a hash of the id (tests/portal/test_session_store.py)
+    ttl = client.ttl(store_key(sid))
     assert 0 < ttl <= 15 * 60
 
 
@@ -156,7 +156,14 @@ def test_bad_session_url_is_refused(tmp_path: Path) -> None:
 
 def test_post_without_csrf_token_is_rejected(web: Any) -> None:
     sign_in(web, "console", {"role": "provider", "fhirUser": "Practitioner/dr1"})
-    for path in ("/logout", "/console/messages/abc/mark-read", "/console/patients/p1/grant-access"):
+    for path in (
+        "/logout",
+        "/console/logout",
+        "/messages/abc/mark-read",
+        "/console/messages/abc/mark-read",
+        "/console/patients/p1/grant-access",
+        "/console/patients/p1/reset-password",
+    ):
         resp = post(web, path, data={})
         assert resp.status_code == 400, path
         assert "This form has expired" in resp.get_data(as_text=True)
