@@ -32,7 +32,8 @@ sys.path.insert(0, str(ROOT))
 from bench.loadgen import Result, run  # noqa: E402
 from tests.support import create_pg_database, drop_pg_database, free_port, redis_database, test_env  # noqa: E402
 
-GUNICORN = ["-w", "2", "-k", "gthread", "--threads", "4", "--log-level", "warning"]
+# The worker class `fhirserver serve` runs (fhirserver/gunicorn_worker.py), for both servers.
+GUNICORN = ["-w", "2", "-k", "fhirserver.gunicorn_worker.FhirThreadWorker", "--threads", "4", "--log-level", "warning"]
 FHIR = "application/fhir+json"
 SECURITY_SECTION = "<!-- bench/security.py: start -->"
 

@@ -38,7 +38,8 @@ sys.path.insert(0, str(ROOT))
 
 from tests.support import create_pg_database, drop_pg_database, free_port, test_env  # noqa: E402
 
-GUNICORN = ["-w", "2", "-k", "gthread", "--threads", "4", "--log-level", "warning"]
+# The worker class `fhirserver serve` runs (fhirserver/gunicorn_worker.py), for both servers.
+GUNICORN = ["-w", "2", "-k", "fhirserver.gunicorn_worker.FhirThreadWorker", "--threads", "4", "--log-level", "warning"]
 START, END = "<!-- bench/security.py: start -->", "<!-- bench/security.py: end -->"
 PROVIDERS, PATIENTS_EACH, OLD_GRANTS = 20, 50, 10_000
 LOGIN_ROUNDS = 40

@@ -28,7 +28,9 @@ DEFAULT_BIND = "127.0.0.1:8080"
 CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{2,99}$")
 BIND_RE = re.compile(r"^(unix:/\S+|(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5})$")
 # The access log carries the path only (%(U)s): query strings and referrers may hold PHI or OAuth codes.
-ACCESS_LOG_FORMAT = '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms'
+# Then the user agent, and the request id the response carried (the app's X-Request-Id, or the one
+# fhirserver.gunicorn_worker gave a refused request); every field is escaped (no control characters).
+ACCESS_LOG_FORMAT = '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms "%(a)s" %({x-request-id}o)s'
 
 # ---------------------------------------------------------------- helpers
 
@@ -150,14 +152,20 @@ def serve(bind: str | None, workers: int, threads: int, dev: bool) -> None:
 
 
 def run_gunicorn(*, bind: str, workers: int, threads: int) -> None:
-    """Run gunicorn in this process on ``fhirserver.wsgi:application`` (each worker loads it)."""
+    """Run gunicorn in this process on ``fhirserver.wsgi:application`` (each worker loads it).
+
+    Our worker and logger classes (``fhirserver.gunicorn_worker``) answer gunicorn's own refusals
+    with OperationOutcomes and escape control characters in its log lines.
+    """
     from gunicorn.app.base import BaseApplication
+
+    from fhirserver.gunicorn_worker import gunicorn_options
 
     options = {
         "bind": bind,
         "workers": workers,
         "threads": threads,
-        "worker_class": "gthread" if threads > 1 else "sync",
+        **gunicorn_options(threads=threads),
         "accesslog": "-",
         "access_log_format": ACCESS_LOG_FORMAT,
         "graceful_timeout": 10,
@@ -299,8 +307,15 @@ def client() -> None:
 @click.option("--scope", required=True, help="The most this client may ask for (space separated).")
 @click.option("--public/--confidential", default=False, help="Public clients have no secret (PKCE only).")
 @click.option("--first-party", is_flag=True, help="Our own app: no consent page.")
+@click.option("--resource-server", is_flag=True, help="May introspect any token (RFC 7662); confidential only.")
 def client_add(
-    client_id: str, name: str, redirect_uris: tuple[str, ...], scope: str, public: bool, first_party: bool
+    client_id: str,
+    name: str,
+    redirect_uris: tuple[str, ...],
+    scope: str,
+    public: bool,
+    first_party: bool,
+    resource_server: bool,
 ) -> None:
     """Register an OAuth client; a confidential client's secret is printed once."""
     if not CLIENT_ID_RE.match(client_id):
@@ -326,6 +341,7 @@ def client_add(
                 scope=scope,
                 secret=secret,
                 first_party=first_party,
+                resource_server=resource_server,
             )
         except ClientError as exc:
             raise click.ClickException(str(exc)) from None

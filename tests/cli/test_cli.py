@@ -556,3 +556,41 @@ def test_serve_rejects_a_bad_bind(cli_env) -> None:
 
 def test_serve_dev_refuses_production(cli_env, tmp_path) -> None:
     assert_clean_failure(invoke(production_env(cli_env, tmp_path), "serve", "--dev"), 1, "development")
+
+
+def test_client_add_a_resource_server_that_may_introspect(cli_env, cli_settings, session) -> None:
+    cid = f"rs-{uuid.uuid4().hex[:8]}"
+    public = invoke(
+        cli_env,
+        "client",
+        "add",
+        "--id",
+        cid,
+        "--name",
+        "RS",
+        "--redirect-uri",
+        "https://rs.example/cb",
+        "--scope",
+        "user/*.rs",
+        "--public",
+        "--resource-server",
+    )
+    assert_clean_failure(public, 1, "confidential")
+    ok = invoke(
+        cli_env,
+        "client",
+        "add",
+        "--id",
+        cid,
+        "--name",
+        "RS",
+        "--redirect-uri",
+        "https://rs.example/cb",
+        "--scope",
+        "user/*.rs",
+        "--resource-server",
+    )
+    assert ok.exit_code == 0, ok.output
+    session.rollback()
+    assert session.get(OAuthClient, cid).resource_server is True
+    session.rollback()
