@@ -18,7 +18,7 @@ import time
 from collections import OrderedDict
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from fhirserver.config import Settings
@@ -59,18 +59,27 @@ class VerifiedTokens:
                 self._items.popitem(last=False)
 
 
+_GRANT = OAuthGrant.__table__
+_USER = UserAccount.__table__
+_STAFF = StaffAssignment.__table__
+# Built once: the check runs on every request, and building the statement cost as much as
+# running it.
+GRANT_STATE = (
+    select(_GRANT.c.revoked_at, _USER.c.active, _USER.c.role, _STAFF.c.practitioner_ref)
+    .select_from(_GRANT.join(_USER, _USER.c.id == _GRANT.c.user_id).outerjoin(_STAFF, _STAFF.c.user_id == _USER.c.id))
+    .where(_GRANT.c.id == bindparam("grant_id"), _GRANT.c.user_id == bindparam("user_id"))
+)
+
+
 def grant_state(session: Session, grant_id: str, user_id: str, role: str) -> tuple[str, ...] | None:
     """The staff assignments of the token's user when its grant is live, else None.
 
     One query: the grant by primary key, its account (active, same role), and the
-    account's assignments (a LEFT JOIN: no rows for anyone but staff).
+    account's assignments (a LEFT JOIN: no rows for anyone but staff). Core on the
+    session's connection: it runs on every request, and the ORM's result processing
+    tripled its cost (measured: 350 us against 125 us, the same as ``SELECT 1``).
     """
-    rows = session.execute(
-        select(OAuthGrant.revoked_at, UserAccount.active, UserAccount.role, StaffAssignment.practitioner_ref)
-        .join(UserAccount, UserAccount.id == OAuthGrant.user_id)
-        .outerjoin(StaffAssignment, StaffAssignment.user_id == UserAccount.id)
-        .where(OAuthGrant.id == grant_id, OAuthGrant.user_id == user_id)
-    ).all()
+    rows = session.connection().execute(GRANT_STATE, {"grant_id": grant_id, "user_id": user_id}).all()
     if not rows:
         return None
     revoked_at, active, current_role, _ = rows[0]
