@@ -27,7 +27,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -36,6 +35,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.run import wait_http  # noqa: E402
 from tests.support import create_pg_database, drop_pg_database, free_port, test_env  # noqa: E402
 
 # The worker class `fhirserver serve` runs (fhirserver/gunicorn_worker.py), for both servers.
@@ -43,17 +43,6 @@ GUNICORN = ["-w", "2", "-k", "fhirserver.gunicorn_worker.FhirThreadWorker", "--t
 START, END = "<!-- bench/security.py: start -->", "<!-- bench/security.py: end -->"
 PROVIDERS, PATIENTS_EACH, OLD_GRANTS = 20, 50, 10_000
 LOGIN_ROUNDS = 40
-
-
-def wait_http(url: str, timeout: float = 60) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError(f"{url} did not come up")
 
 
 def seed(env: dict[str, str]) -> dict[str, Any]:

@@ -251,6 +251,21 @@ def _token_response(
     return body
 
 
+def _revoke_replayed(row: Any, reason: str, subtype: str, what: str) -> None:
+    """Someone holds a copy of a code or refresh token: end its grant and audit a serious failure."""
+    if row.grant_id:
+        grants.revoke(dbs(), row.grant_id, reason)
+    security_event(
+        dbs(),
+        subtype=subtype,
+        outcome="8",
+        user_id=row.user_id,
+        client_id=row.client_id,
+        address=flask_request.remote_addr,
+        description=f"{what}: its grant was revoked",
+    )
+
+
 def _active_user(user_id: str) -> UserAccount | None:
     user = dbs().get(UserAccount, user_id)
     return user if user is not None and user.active else None
@@ -306,17 +321,7 @@ class SmartCodeGrant(AuthorizationCodeGrant):
             return None
         if row.used:
             # A replayed code: revoke what it produced, access tokens included (RFC 6749 §4.1.2).
-            if row.grant_id:
-                grants.revoke(dbs(), row.grant_id, "code-replay")
-            security_event(
-                dbs(),
-                subtype="token-issue",
-                outcome="8",
-                user_id=row.user_id,
-                client_id=row.client_id,
-                address=flask_request.remote_addr,
-                description="authorization code replayed: its grant was revoked",
-            )
+            _revoke_replayed(row, "code-replay", "token-issue", "authorization code replayed")
             return None
         if not codes.is_live(row):
             return None
@@ -417,16 +422,7 @@ class SmartRefreshGrant(RefreshTokenGrant):
             return None
         if row.revoked:
             # Rotation means a revoked token is never presented by its rightful owner.
-            if row.grant_id and grants.revoke(dbs(), row.grant_id, "refresh-replay"):
-                security_event(
-                    dbs(),
-                    subtype="token-refresh",
-                    outcome="8",
-                    user_id=row.user_id,
-                    client_id=row.client_id,
-                    address=flask_request.remote_addr,
-                    description="revoked refresh token replayed: its grant was revoked",
-                )
+            _revoke_replayed(row, "refresh-replay", "token-refresh", "revoked refresh token replayed")
             return None
         grant = grants.get(dbs(), row.grant_id)
         if not refresh_tokens.is_live(row) or grant is None or grant.revoked_at is not None:
