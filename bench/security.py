@@ -21,7 +21,6 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -35,7 +34,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.run import wait_http  # noqa: E402
+from bench.run import stop, wait_http  # noqa: E402
 from tests.support import create_pg_database, drop_pg_database, free_port, test_env  # noqa: E402
 
 # The worker class `fhirserver serve` runs (fhirserver/gunicorn_worker.py), for both servers.
@@ -236,13 +235,7 @@ def main() -> int:
                 runs[key].append(wrk(f"http://127.0.0.1:{ports[key]}", script, args.seconds, args.connections))
         logins = login_times(f"http://127.0.0.1:{ports['with']}", data["logins"])
     finally:
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop(procs)
         drop_pg_database(db_url)
         shutil.rmtree(tmp, ignore_errors=True)
 

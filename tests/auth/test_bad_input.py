@@ -319,3 +319,31 @@ def test_discovery_and_jwks_refuse_other_methods(web) -> None:
             assert SENTINEL.encode() not in r.data
     r = web.get("/.well-known/smart-configuration", query_string={"x": BAD_CHARS["nul"]})
     assert r.status_code == 200 and SENTINEL.encode() not in r.data
+
+
+@pytest.mark.parametrize("path", ["/auth/revoke", "/auth/introspect", "/auth/end-session"])
+def test_token_lifecycle_endpoints_answer_garbage_with_a_4xx_or_an_empty_200(web, path) -> None:
+    import base64
+
+    headers = [
+        None,
+        "Basic " + base64.b64encode(b"\xff\xfe:\x00").decode(),
+        "Basic !!!",
+        "Basic " + base64.b64encode(b"x" * 5000 + b":y").decode(),
+        f"Bearer {SENTINEL}",
+    ]
+    bodies = [
+        {},
+        {"token": "\x00"},
+        {"token": SENTINEL * 2000},
+        {"token": "a.b.c", "token_type_hint": SENTINEL},
+        {"id_token_hint": "\x00"},
+        {"id_token_hint": f"a.{SENTINEL}.c"},
+    ]
+    for header in headers:
+        for body in bodies:
+            r = web.post(path, data=body, headers={"Authorization": header} if header else {})
+            assert r.status_code < 500 and SENTINEL.encode() not in r.data, (header, body, r.status_code)
+            assert r.status_code in (200, 400, 401), (header, body, r.status_code)
+    raw = web.post(path, data=b"\xff\xfe" + SENTINEL.encode(), content_type="application/x-www-form-urlencoded")
+    assert raw.status_code in (400, 401) and SENTINEL.encode() not in raw.data
