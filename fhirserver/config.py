@@ -68,6 +68,14 @@ class Settings:
     # The AES-256-GCM key of the portal's session store (base64 of 32 bytes); empty: derived
     # from SECRET_KEY (portal_app.config.PortalConfig.session_key).
     portal_session_key: str = ""
+    # Extra browser origins allowed by CORS on /fhir and the token endpoint, beside the
+    # origins of registered redirect URIs ("https://app.example,https://other.example").
+    cors_origins: tuple[str, ...] = ()
+    # TOTP for providers and staff; only a demo practice turns it off (MFA_REQUIRED=0).
+    mfa_required: bool = True
+    # Where security alerts (break-glass access) go besides the patient's primary providers:
+    # the practice administrators' addresses ("a@x.example,b@x.example").
+    security_alert_emails: tuple[str, ...] = ()
     dev_mode: bool = False
     celery_eager: bool = False
     # "celery": enqueue a notification task after each commit that wrote outbox rows;
@@ -110,6 +118,9 @@ class _EnvSchema(Schema):
     LOGIN_MAX_FAILURES_ACCOUNT = mf.Integer(validate=validate.Range(min=3, max=1000))
     LOGIN_MAX_FAILURES_ADDRESS = mf.Integer(validate=validate.Range(min=3, max=10000))
     LOGIN_WINDOW_SECONDS = mf.Integer(validate=validate.Range(min=60, max=86400))
+    MFA_REQUIRED = mf.String(validate=validate.OneOf(["0", "1"]))
+    CORS_ORIGINS = mf.String(validate=validate.Regexp(r"^(\s*https?://[^\s,/]+/?\s*)(,\s*https?://[^\s,/]+/?\s*)*$"))
+    SECURITY_ALERT_EMAILS = mf.String()
 
     @validates_schema
     def _check(self, data: dict[str, Any], **_: Any) -> None:
@@ -209,6 +220,11 @@ def load_settings(env: dict[str, str] | None = None, **overrides: Any) -> Settin
         ),
         "portal_session_url": env.get("PORTAL_SESSION_URL", f"filesystem://{var_dir / 'portal-sessions'}"),
         "portal_session_key": env.get("PORTAL_SESSION_ENCRYPTION_KEY", ""),
+        "cors_origins": tuple(o.strip().rstrip("/") for o in env.get("CORS_ORIGINS", "").split(",") if o.strip()),
+        "mfa_required": env.get("MFA_REQUIRED", "1") != "0",
+        "security_alert_emails": tuple(
+            a.strip() for a in env.get("SECURITY_ALERT_EMAILS", "").split(",") if a.strip()
+        ),
         "dev_mode": dev,
         "celery_eager": env.get("CELERY_EAGER", "") == "1",
         "notify_dispatch": env.get("NOTIFY_DISPATCH", "celery"),

@@ -55,6 +55,12 @@ def signing_key(settings: Settings) -> SigningKey:
     return _load(settings.jwt_private_key_pem)
 
 
+def sign(settings: Settings, claims: dict[str, Any]) -> str:
+    """Sign ``claims`` as a JWT with the server's signing key (every token we issue goes through here)."""
+    sk = signing_key(settings)
+    return jwt.encode({"alg": ALG, "kid": sk.kid, "typ": "JWT"}, claims, sk.key, algorithms=[ALG])
+
+
 def issuer(settings: Settings) -> str:
     return settings.base_url.rstrip("/") + "/auth"
 
@@ -98,8 +104,7 @@ def issue_access_token(
         claims["fhirUser"] = user.fhir_user
     if patient:
         claims["patient"] = patient
-    sk = signing_key(settings)
-    return jwt.encode({"alg": ALG, "kid": sk.kid, "typ": "JWT"}, claims, sk.key, algorithms=[ALG])
+    return sign(settings, claims)
 
 
 def issue_id_token(
@@ -133,8 +138,7 @@ def issue_id_token(
         claims["sid"] = sid
     if user.fhir_user:
         claims["fhirUser"] = f"{settings.fhir_base}/{user.fhir_user}"
-    sk = signing_key(settings)
-    return jwt.encode({"alg": ALG, "kid": sk.kid, "typ": "JWT"}, claims, sk.key, algorithms=[ALG])
+    return sign(settings, claims)
 
 
 def lifetime_of(token_claims: dict[str, Any]) -> int:
