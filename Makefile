@@ -17,7 +17,7 @@ help:
 	@echo "make run    - set up .venv, migrate and seed var/fhirserver.db, start the dev server"
 	@echo "make test   - run every test (SQLite + PostgreSQL; browser and Celery tests on PostgreSQL + Redis)"
 	@echo "make lint   - ruff check, ruff format --check, mypy"
-	@echo "make bench  - run the benchmarks (bench/run.py, bench/security.py; wrk needed)"
+	@echo "make bench  - run the benchmarks (bench/run.py, bench/security.py, bench/backend_token.py; wrk needed)"
 	@echo "make clean  - remove var/ (dev database, mail, dev secrets) and caches"
 
 venv: $(STAMP)
@@ -31,9 +31,13 @@ $(STAMP): pyproject.toml
 
 # Development: SQLite (WAL) under var/, Celery on the filesystem:// broker in var/broker,
 # emails captured as var/mail/*.eml. `serve --dev` stops every child on Ctrl-C.
+# The demo practice turns two-step sign-in (TOTP MFA) off, so it can be tried without a phone;
+# production keeps the default (on). `make run MFA_REQUIRED=1` tries the demo with it on.
 run: export OFFICE_NAME ?= Maple Street Family Practice
+run: export MFA_REQUIRED ?= 0
 run: venv
 	@mkdir -p var
+	@if [ "$$MFA_REQUIRED" = 0 ]; then echo "make run: two-step sign-in (MFA) is OFF for the demo practice (production: on). Turn it on: make run MFA_REQUIRED=1"; else echo "make run: two-step sign-in (MFA) is ON: providers and staff set up an authenticator app at their first sign-in"; fi
 	$(BIN)/fhirserver db upgrade
 	$(BIN)/fhirserver seed
 	exec $(BIN)/fhirserver serve --dev
@@ -52,6 +56,7 @@ lint: venv
 bench: venv
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/security.py
+	$(BIN)/python bench/backend_token.py
 
 clean:
 	rm -rf var tests/artifacts .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info

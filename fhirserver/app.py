@@ -11,6 +11,7 @@ import logging
 from flask import Flask, redirect
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from fhirserver import security_headers
 from fhirserver.config import Settings, load_settings
 from fhirserver.core.ports import TokenAuthority, install_portal_accounts
 from fhirserver.db import configure_sqlite, engine_options
@@ -44,17 +45,22 @@ def create_app(settings: Settings | None = None, *, tokens: TokenAuthority | Non
 
     from fhirserver.web.blueprint import create_fhir_blueprint, install_fhir_error_pages
     from notifier.dispatch import install as install_notifications
+    from smart_auth.cors_origins import RegisteredOrigins
     from smart_auth.resource_server import SmartTokenAuthority
     from smart_auth.web import init_auth
 
     install_accounts()
-    app.register_blueprint(create_fhir_blueprint(tokens or SmartTokenAuthority(settings)), url_prefix="/fhir")
+    with app.app_context():
+        origins = RegisteredOrigins(settings, db.engine)  # the CORS allowlist of /fhir and /auth/token
+    app.register_blueprint(create_fhir_blueprint(tokens or SmartTokenAuthority(settings), origins), url_prefix="/fhir")
     install_fhir_error_pages(app)
-    init_auth(app, settings)
+    init_auth(app, settings, origins=origins)
     if settings.trusted_proxy_hops:
         # The client address (login throttling, audit) and scheme as the trusted proxies saw them.
         hops = settings.trusted_proxy_hops
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
+    # HSTS on every /auth and /fhir response in production (fhirserver.wsgi adds the portal).
+    app.wsgi_app = security_headers.install(app.wsgi_app, settings)  # type: ignore[method-assign,assignment]
     # Outbox rows written by the WebMail rules are handed to Celery after each commit.
     install_notifications(settings)
 

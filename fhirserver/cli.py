@@ -15,6 +15,7 @@ import secrets
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -100,7 +101,7 @@ def check_redirect_uri(uri: str, *, allow_http_loopback: bool = True) -> str:
 def check_scope(scope: str, *, param_hint: str = "--scope") -> str:
     """Every scope must be a well-formed SMART resource scope or one we know; never guessed at."""
     from fhirserver.core.scopes import ScopeError, parse_scope
-    from smart_auth.scope_policy import IDENTITY_SCOPES, LAUNCH_PATIENT
+    from smart_auth.scope_policy import IDENTITY_SCOPES, LAUNCH, LAUNCH_PATIENT
 
     words = scope.split()
     if not words:
@@ -110,7 +111,7 @@ def check_scope(scope: str, *, param_hint: str = "--scope") -> str:
             resource = parse_scope(word)
         except ScopeError as exc:
             raise click.BadParameter(str(exc), param_hint=param_hint) from None
-        if resource is None and word not in IDENTITY_SCOPES | {LAUNCH_PATIENT}:
+        if resource is None and word not in IDENTITY_SCOPES | {LAUNCH_PATIENT, LAUNCH}:
             raise click.BadParameter(f"unknown scope {word!r}", param_hint=param_hint)
     return " ".join(words)
 
@@ -133,9 +134,18 @@ def main() -> None:
 @click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True)
 @click.option("--threads", type=click.IntRange(1, 64), default=8, show_default=True)
 @click.option("--dev", is_flag=True, help="Development: also run the SMTP sink and a Celery worker with beat.")
-def serve(bind: str | None, workers: int, threads: int, dev: bool) -> None:
+@click.option(
+    "--certfile",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Serve https with this PEM certificate (chain); TLS normally ends at a proxy (docs/deploy.md).",
+)
+@click.option("--keyfile", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
+def serve(bind: str | None, workers: int, threads: int, dev: bool, certfile: Path | None, keyfile: Path | None) -> None:
     """Run the web server (gunicorn): API, auth, portal and console on one origin."""
     settings = get_settings()
+    if (certfile is None) != (keyfile is None):
+        raise click.UsageError("--certfile and --keyfile go together")
     if dev:
         from fhirserver.devserver import run_dev
 
@@ -148,10 +158,22 @@ def serve(bind: str | None, workers: int, threads: int, dev: bool) -> None:
     bind = bind or os.environ.get("BIND") or DEFAULT_BIND
     if not BIND_RE.match(bind):
         raise click.BadParameter("expected HOST:PORT or unix:/path", param_hint="--bind")
-    run_gunicorn(bind=bind, workers=workers, threads=threads)
+    from fhirserver.security_headers import strict_transport
+
+    if not strict_transport(settings):
+        # In gunicorn's own record shape, so that the error log stays one record per line.
+        stamp = datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %z")
+        click.echo(
+            f"[{stamp}] [{os.getpid()}] [WARNING] development mode: cookies without the __Host- prefix and "
+            "the Secure flag, and no HSTS (plain http on loopback); production (FHIRSERVER_ENV=production) "
+            "has all three",
+            err=True,
+        )
+    tls = (str(certfile), str(keyfile)) if certfile and keyfile else None
+    run_gunicorn(bind=bind, workers=workers, threads=threads, tls=tls)
 
 
-def run_gunicorn(*, bind: str, workers: int, threads: int) -> None:
+def run_gunicorn(*, bind: str, workers: int, threads: int, tls: tuple[str, str] | None = None) -> None:
     """Run gunicorn in this process on ``fhirserver.wsgi:application`` (each worker loads it).
 
     Our worker and logger classes (``fhirserver.gunicorn_worker``) answer gunicorn's own refusals
@@ -174,6 +196,11 @@ def run_gunicorn(*, bind: str, workers: int, threads: int) -> None:
         # servers on one machine would share it.
         "control_socket_disable": True,
     }
+    if tls is not None:
+        from fhirserver.tls import server_context
+
+        # TLS 1.2 or newer only (checklist D7), whatever OpenSSL's defaults are.
+        options.update(certfile=tls[0], keyfile=tls[1], ssl_context=server_context)
 
     class _Gunicorn(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
@@ -227,6 +254,25 @@ def mail_sink(folder: Path, host: str, port: int) -> None:
 
     folder.mkdir(parents=True, exist_ok=True)
     run_sink(folder=folder, host=host, port=port)
+
+
+@main.group()
+def keys() -> None:
+    """Token-signing keys (JWT_SIGNING_KEYS): which key signs, which only verify."""
+
+
+@keys.command("status")
+def keys_status() -> None:
+    """List the configured signing keys: kid, algorithm and state (never key material)."""
+    settings = get_settings()
+    from smart_auth import signing_keys
+
+    try:
+        lines = signing_keys.status_lines(settings)
+    except signing_keys.KeyConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    for line in lines:
+        click.echo(line)
 
 
 @main.group()
@@ -303,11 +349,20 @@ def client() -> None:
 @client.command("add")
 @click.option("--id", "client_id", required=True, help="The client_id (letters, digits, . _ -).")
 @click.option("--name", required=True, help="Shown to users on the consent page.")
-@click.option("--redirect-uri", "redirect_uris", multiple=True, required=True, help="Repeat for several.")
+@click.option("--redirect-uri", "redirect_uris", multiple=True, help="Repeat for several (apps: at least one).")
 @click.option("--scope", required=True, help="The most this client may ask for (space separated).")
 @click.option("--public/--confidential", default=False, help="Public clients have no secret (PKCE only).")
 @click.option("--first-party", is_flag=True, help="Our own app: no consent page.")
 @click.option("--resource-server", is_flag=True, help="May introspect any token (RFC 7662); confidential only.")
+@click.option("--backend", is_flag=True, help="A backend service: client_credentials with private_key_jwt.")
+@click.option("--jwks-url", default=None, help="--backend: where the client publishes its public JWKS.")
+@click.option(
+    "--jwks-file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="--backend: a file with the client's public JWKS (stored inline).",
+)
+@click.option("--launch-url", default=None, help="Apps: the SMART EHR launch URL (needs the 'launch' scope).")
 def client_add(
     client_id: str,
     name: str,
@@ -316,12 +371,23 @@ def client_add(
     public: bool,
     first_party: bool,
     resource_server: bool,
+    backend: bool,
+    jwks_url: str | None,
+    jwks_file: Path | None,
+    launch_url: str | None,
 ) -> None:
     """Register an OAuth client; a confidential client's secret is printed once."""
     if not CLIENT_ID_RE.match(client_id):
         raise click.BadParameter("3-100 characters: letters, digits, '.', '_' or '-'", param_hint="--id")
     if not name.strip():
         raise click.BadParameter("must not be empty", param_hint="--name")
+    if launch_url is not None and backend:
+        raise click.BadParameter("backend services are not launched", param_hint="--launch-url")
+    if backend or jwks_url or jwks_file:
+        _add_backend_client(client_id, name.strip(), scope, jwks_url, jwks_file, backend=backend)
+        return
+    if not redirect_uris:
+        raise click.BadParameter("at least one is required (or --backend)", param_hint="--redirect-uri")
     uris = [check_redirect_uri(u) for u in redirect_uris]
     scope = check_scope(scope)
     settings = get_settings()
@@ -342,6 +408,7 @@ def client_add(
                 secret=secret,
                 first_party=first_party,
                 resource_server=resource_server,
+                launch_url=launch_url,
             )
         except ClientError as exc:
             raise click.ClickException(str(exc)) from None
@@ -351,6 +418,36 @@ def client_add(
     if secret:
         click.echo("client secret (shown only now; store it safely):", err=True)
         click.echo(secret)
+
+
+def _add_backend_client(
+    client_id: str, name: str, scope: str, jwks_url: str | None, jwks_file: Path | None, *, backend: bool
+) -> None:
+    """``client add --backend``: no redirect URI, no secret; its public keys by URL or from a file."""
+    if not backend:
+        raise click.BadParameter("--jwks-url and --jwks-file are for --backend clients", param_hint="--backend")
+    if (jwks_url is None) == (jwks_file is None):
+        raise click.BadParameter("give exactly one of --jwks-url and --jwks-file", param_hint="--jwks-url")
+    scope = check_scope(scope)
+    jwks = None
+    if jwks_file is not None:
+        try:
+            jwks = jwks_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            raise click.BadParameter("cannot read the file", param_hint="--jwks-file") from None
+    settings = get_settings()
+    from smart_auth.clients import ClientError, register_backend_client
+    from smart_auth.models import OAuthClient
+
+    with db_session(settings) as session:
+        if session.get(OAuthClient, client_id) is not None:
+            raise click.ClickException("a client with this id already exists")
+        try:
+            register_backend_client(session, client_id=client_id, name=name, scope=scope, jwks_url=jwks_url, jwks=jwks)
+        except ClientError as exc:
+            raise click.ClickException(str(exc)) from None
+        session.commit()
+    click.echo(f"registered backend client {client_id} (client_credentials, private_key_jwt)", err=True)
 
 
 def default_scope(role: str) -> str:
@@ -377,11 +474,20 @@ def check_scope_for_role(scope: str, role: str) -> str:
 
 
 @main.command()
-@click.option("--user", "username", required=True, help="The user the token acts as.")
-@click.option("--scope", default=None, help="Default: user/*.cruds (patient/*.cruds for a patient).")
+@click.option("--user", "username", default=None, help="The user the token acts as.")
+@click.option("--client", "backend_client", default=None, help="Or a backend client: a system token (5 min).")
+@click.option(
+    "--scope", default=None, help="Default: user/*.cruds (patient/*.cruds for a patient); required with --client."
+)
 @click.option("--lifetime", type=click.IntRange(60, 3600), default=3600, show_default=True, help="Seconds.")
-def token(username: str, scope: str | None, lifetime: int) -> None:
-    """Print an access token for a user (audited), for operators and scripts."""
+def token(username: str | None, backend_client: str | None, scope: str | None, lifetime: int) -> None:
+    """Print an access token for a user or a backend client (audited), for operators and scripts."""
+    if (username is None) == (backend_client is None):
+        raise click.UsageError("give exactly one of --user and --client")
+    if backend_client is not None:
+        _system_token(backend_client, scope, lifetime)
+        return
+    assert username is not None
     settings = get_settings()
     from fhirserver.core.audit import security_event
     from smart_auth.accounts import find_by_username
@@ -412,6 +518,37 @@ def token(username: str, scope: str | None, lifetime: int) -> None:
             user_id=user.id,
             client_id=CLI_CLIENT_ID,
             description="operator token issued",
+        )
+        session.commit()
+    click.echo(access_token)
+
+
+def _system_token(client_id: str, scope: str | None, lifetime: int) -> None:
+    """``token --client``: a system token of a backend client, within its registered scope."""
+    if not scope:
+        raise click.BadParameter("a system token needs --scope (system/...)", param_hint="--scope")
+    scope = check_scope(scope)
+    settings = get_settings()
+    from fhirserver.core.audit import security_event
+    from smart_auth.backend_services import issue_system_token
+    from smart_auth.clients import get_client, is_backend
+    from smart_auth.scope_policy import covers
+
+    with db_session(settings) as session:
+        row = get_client(session, client_id)
+        if row is None or not is_backend(row):
+            raise click.ClickException("no such backend client")
+        allowed = row.scope.split()
+        for word in scope.split():
+            if not word.startswith("system/") or not covers(allowed, word):
+                raise click.BadParameter(f"{word!r} is not within the client's registered scope", param_hint="--scope")
+        access_token, _ = issue_system_token(session, settings, client_id=row.client_id, scope=scope, lifetime=lifetime)
+        security_event(
+            session,
+            subtype="cli-token",
+            outcome="0",
+            client_id=row.client_id,
+            description="operator system token issued",
         )
         session.commit()
     click.echo(access_token)
@@ -539,6 +676,37 @@ def user_disable(username: str) -> None:
 def user_enable(username: str) -> None:
     """Enable a disabled account (its old sessions and tokens stay ended)."""
     _set_active(username, True)
+
+
+@user.command("reset-mfa")
+@click.option("--username", required=True)
+def user_reset_mfa(username: str) -> None:
+    """Remove a user's authenticator and recovery codes (a lost phone); audited.
+
+    The user's sessions and tokens end; the next sign-in sets up a new authenticator.
+    """
+    settings = get_settings()
+    from smart_auth.accounts import end_sessions_and_grants
+    from smart_auth.mfa import reset
+
+    with db_session(settings) as session:
+        account = _account(session, username)
+        had = reset(session, account)
+        end_sessions_and_grants(session, account.id, "mfa-reset")
+        _audit_admin(
+            session,
+            account,
+            "two-step sign-in reset: authenticator and recovery codes removed, sessions and tokens ended"
+            if had
+            else "two-step sign-in reset: none was set up; sessions and tokens ended",
+        )
+        session.commit()
+    click.echo(
+        f"reset two-step sign-in of {account.username}; the next sign-in sets up a new authenticator"
+        if had
+        else f"{account.username} had no authenticator; nothing to remove (sessions ended)",
+        err=True,
+    )
 
 
 @user.command("assign")

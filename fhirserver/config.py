@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import secrets
 from dataclasses import dataclass, field, fields, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,19 @@ class SettingsError(ValueError):
 
 
 @dataclass(frozen=True)
+class SigningKeyConfig:
+    """One token-signing key as configured (``smart_auth.signing_keys`` makes the key ring).
+
+    ``kid`` empty: the key id is the key's RFC 7638 thumbprint. ``active_from`` (Unix time,
+    0 for "always") is when the key starts to sign; it is published in the JWKS before that.
+    """
+
+    kid: str
+    pem: str = field(repr=False)
+    active_from: float = 0.0
+
+
+@dataclass(frozen=True)
 class Settings:
     database_url: str
     base_url: str = "http://127.0.0.1:8080"
@@ -45,7 +60,10 @@ class Settings:
     # "kid:base64key,kid2:base64key"; the active key encrypts, every listed key decrypts.
     encryption_keys: dict[str, bytes] = field(default_factory=dict)
     active_key_id: str = ""
-    jwt_private_key_pem: str = ""
+    # One RSA signing key (JWT_PRIVATE_KEY_PEM / _FILE, or the development key under var/) ...
+    jwt_private_key_pem: str = field(default="", repr=False)
+    # ... or several with key ids and activation instants (JWT_SIGNING_KEYS), for rotation.
+    jwt_signing_keys: tuple[SigningKeyConfig, ...] = ()
     access_token_seconds: int = 3600
     refresh_token_days: int = 90
     session_idle_minutes: int = 15
@@ -76,6 +94,8 @@ class Settings:
     # Where security alerts (break-glass access) go besides the patient's primary providers:
     # the practice administrators' addresses ("a@x.example,b@x.example").
     security_alert_emails: tuple[str, ...] = ()
+    # How long a break-glass (emergency) access to a patient outside one's care stays open.
+    break_glass_minutes: int = 60
     dev_mode: bool = False
     celery_eager: bool = False
     # "celery": enqueue a notification task after each commit that wrote outbox rows;
@@ -109,6 +129,7 @@ class _EnvSchema(Schema):
     MAIL_FROM = mf.Email()
     ACCESS_TOKEN_SECONDS = mf.Integer(validate=validate.Range(min=60, max=3600))
     SESSION_IDLE_MINUTES = mf.Integer(validate=validate.Range(min=1, max=120))
+    SESSION_ABSOLUTE_HOURS = mf.Integer(validate=validate.Range(min=1, max=168))
     MAX_BODY_BYTES = mf.Integer(validate=validate.Range(min=1024))
     ENCRYPTION_KEYS = mf.String()
     NOTIFY_BODY = mf.String()
@@ -121,6 +142,7 @@ class _EnvSchema(Schema):
     MFA_REQUIRED = mf.String(validate=validate.OneOf(["0", "1"]))
     CORS_ORIGINS = mf.String(validate=validate.Regexp(r"^(\s*https?://[^\s,/]+/?\s*)(,\s*https?://[^\s,/]+/?\s*)*$"))
     SECURITY_ALERT_EMAILS = mf.String()
+    BREAK_GLASS_MINUTES = mf.Integer(validate=validate.Range(min=5, max=720))
 
     @validates_schema
     def _check(self, data: dict[str, Any], **_: Any) -> None:
@@ -142,6 +164,51 @@ def parse_keys(spec: str) -> dict[str, bytes]:
             raise SettingsError(f"ENCRYPTION_KEYS: key {kid!r} must be 32 bytes with a key id")
         keys[kid] = key
     return keys
+
+
+KID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def parse_signing_keys(spec: str, read: Any = None) -> tuple[SigningKeyConfig, ...]:
+    """Parse ``JWT_SIGNING_KEYS``: ``[kid:]path[@active-from],...`` (ENCRYPTION_KEYS' ``kid:`` style).
+
+    ``path`` is a PEM file of an RSA private key; without ``kid:`` the key id is the key's
+    thumbprint (the id a single JWT_PRIVATE_KEY_FILE key has, so tokens in flight keep
+    verifying when a deployment moves to this variable). ``active-from`` is an ISO 8601
+    instant with a time zone (``2026-07-01T12:00:00Z``); without it the key signs from the
+    start. The signer is the key with the latest active-from that has passed.
+    """
+    read = read or (lambda path: Path(path).read_text())
+    out: list[SigningKeyConfig] = []
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        kid, sep, rest = part.partition(":")
+        if not sep or not KID_RE.match(kid):  # no kid given: the whole part is the path
+            kid, rest = "", part
+        path, at, when = rest.rpartition("@") if "@" in rest else (rest, "", "")
+        active_from = 0.0
+        if at:
+            try:
+                instant = datetime.fromisoformat(when.strip())
+            except ValueError:
+                instant = None
+            if instant is None or instant.tzinfo is None:
+                raise SettingsError(f"JWT_SIGNING_KEYS: key {kid or path!r}: active-from must be ISO 8601 with a zone")
+            active_from = instant.timestamp()
+        if not path.strip():
+            raise SettingsError(f"JWT_SIGNING_KEYS: key {kid!r} has no file")
+        try:
+            pem = read(path.strip())
+        except OSError as exc:
+            name = kid or path.strip()
+            raise SettingsError(f"JWT_SIGNING_KEYS: cannot read the file of key {name!r}: {exc.strerror}") from None
+        out.append(SigningKeyConfig(kid=kid.strip(), pem=pem, active_from=active_from))
+    kids = [k.kid for k in out if k.kid]
+    if len(set(kids)) != len(kids):
+        raise SettingsError("JWT_SIGNING_KEYS: two keys have the same key id")
+    starts = [k.active_from for k in out]
+    if len(set(starts)) != len(starts):
+        raise SettingsError("JWT_SIGNING_KEYS: two keys have the same active-from (only one key signs at a time)")
+    return tuple(out)
 
 
 def _dev_secret(var_dir: Path, name: str, make: Any) -> str:
@@ -196,7 +263,10 @@ def load_settings(env: dict[str, str] | None = None, **overrides: Any) -> Settin
     pem = env.get("JWT_PRIVATE_KEY_PEM") or (
         Path(env["JWT_PRIVATE_KEY_FILE"]).read_text() if env.get("JWT_PRIVATE_KEY_FILE") else ""
     )
-    if not pem:
+    signing_keys = parse_signing_keys(env.get("JWT_SIGNING_KEYS", ""))
+    if signing_keys and pem:
+        raise SettingsError("set JWT_SIGNING_KEYS or JWT_PRIVATE_KEY_PEM/JWT_PRIVATE_KEY_FILE, not both")
+    if not pem and not signing_keys:
         pem = secret("JWT_PRIVATE_KEY_PEM", "jwt-private-key.pem", _new_rsa_pem)
     values: dict[str, Any] = {
         "database_url": env["DATABASE_URL"],
@@ -212,6 +282,7 @@ def load_settings(env: dict[str, str] | None = None, **overrides: Any) -> Settin
         "encryption_keys": keys,
         "active_key_id": env.get("ACTIVE_KEY_ID") or next(iter(keys)),
         "jwt_private_key_pem": pem,
+        "jwt_signing_keys": signing_keys,
         "portal_client_secret": secret(
             "PORTAL_CLIENT_SECRET", "portal-client-secret", lambda: secrets.token_urlsafe(32)
         ),
@@ -222,9 +293,7 @@ def load_settings(env: dict[str, str] | None = None, **overrides: Any) -> Settin
         "portal_session_key": env.get("PORTAL_SESSION_ENCRYPTION_KEY", ""),
         "cors_origins": tuple(o.strip().rstrip("/") for o in env.get("CORS_ORIGINS", "").split(",") if o.strip()),
         "mfa_required": env.get("MFA_REQUIRED", "1") != "0",
-        "security_alert_emails": tuple(
-            a.strip() for a in env.get("SECURITY_ALERT_EMAILS", "").split(",") if a.strip()
-        ),
+        "security_alert_emails": tuple(a.strip() for a in env.get("SECURITY_ALERT_EMAILS", "").split(",") if a.strip()),
         "dev_mode": dev,
         "celery_eager": env.get("CELERY_EAGER", "") == "1",
         "notify_dispatch": env.get("NOTIFY_DISPATCH", "celery"),
@@ -232,6 +301,7 @@ def load_settings(env: dict[str, str] | None = None, **overrides: Any) -> Settin
     ints = {
         "access_token_seconds": "ACCESS_TOKEN_SECONDS",
         "session_idle_minutes": "SESSION_IDLE_MINUTES",
+        "session_absolute_hours": "SESSION_ABSOLUTE_HOURS",
         "login_max_failures_account": "LOGIN_MAX_FAILURES_ACCOUNT",
         "login_max_failures_address": "LOGIN_MAX_FAILURES_ADDRESS",
         "login_window_seconds": "LOGIN_WINDOW_SECONDS",
@@ -240,6 +310,7 @@ def load_settings(env: dict[str, str] | None = None, **overrides: Any) -> Settin
         "max_body_bytes": "MAX_BODY_BYTES",
         "notify_retry_backoff": "NOTIFY_RETRY_BACKOFF",
         "trusted_proxy_hops": "TRUSTED_PROXY_HOPS",
+        "break_glass_minutes": "BREAK_GLASS_MINUTES",
     }
     for attr, var in ints.items():
         if env.get(var):

@@ -179,6 +179,18 @@ def banner(settings: Settings, mail_dir: Path) -> str:
             lines.append(f"    {login.username:<16} {login.password:<22} {login.role}{note}")
     except SeedError as exc:
         lines.append(f"    (cannot read the demo logins: {exc})")
+    if settings.mfa_required:
+        lines += [
+            "",
+            "  Two-step sign-in (MFA) is ON: providers and staff set up an authenticator app",
+            "  at their first sign-in (lost phone: fhirserver user reset-mfa --username U).",
+        ]
+    else:
+        lines += [
+            "",
+            "  Two-step sign-in (MFA) is OFF (MFA_REQUIRED=0, the demo practice): providers and",
+            "  staff sign in with the password alone. Production keeps it on; make run MFA_REQUIRED=1.",
+        ]
     lines += ["", "  Press Ctrl-C to stop everything.", "=" * 72, ""]
     return "\n".join(lines)
 

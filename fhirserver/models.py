@@ -154,3 +154,38 @@ class OutboxRow(Base):
         UniqueConstraint("kind", "subject_id", "recipient_ref", name="uq_outbox_once"),
         Index("ix_outbox_status", "status", "created_at"),
     )
+
+
+class BreakGlassGrant(Base):
+    """A provider's emergency (break-glass) access to one patient outside their care, until ``expires_at``.
+
+    ``fhirserver.core.access`` opens the patient's compartment for reading to ``user_id``
+    while the row is live (not revoked, not expired). The reason may hold PHI: it is kept
+    as an AES-GCM envelope (key id beside it, like Communication bodies) for the review.
+    """
+
+    __tablename__ = "break_glass_grant"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    practitioner_ref: Mapped[str] = mapped_column(String(TYPE_LEN + ID_LEN + 1), nullable=False)
+    patient_id: Mapped[str] = mapped_column(String(ID_LEN), nullable=False)
+    reason: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    key_id: Mapped[str] = mapped_column(String(32), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    __table_args__ = (
+        Index("ix_break_glass_grant_user", "user_id", "expires_at"),
+        Index("ix_break_glass_grant_expires", "expires_at"),
+    )
+
+
+class BreakGlassAttempt(Base):
+    """One break-glass search, found or not: the throttle counts these (a miss says nothing else)."""
+
+    __tablename__ = "break_glass_attempt"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    attempted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    matched: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    __table_args__ = (Index("ix_break_glass_attempt_user", "user_id", "attempted_at"),)

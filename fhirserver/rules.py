@@ -8,6 +8,7 @@ handler runs, and the CapabilityStatement and docs/security.md publish it.
 
 from __future__ import annotations
 
+from fhirserver import break_glass
 from fhirserver.core.hooks import ENTRY_DECORATORS, register_operation, register_rules
 from fhirserver.webmail import operations, outbox, rules
 
@@ -54,5 +55,14 @@ register_operation(
     operations.reset_portal_password,
     permission="u",
     summary="Issues a new one-time portal password (providers only).",
+)
+register_operation(
+    "Patient",
+    break_glass.OPERATION,
+    "type",
+    break_glass.break_glass,
+    permission="r",
+    summary="Break-glass: emergency access to a patient outside one's care, found by exact identifier and "
+    "birth date, with a reason (providers only; audited ETREAT, administrators alerted).",
 )
 ENTRY_DECORATORS["Communication"] = operations.read_state_extensions

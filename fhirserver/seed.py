@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -231,6 +232,58 @@ def seed_clients(session: Session, settings: Settings, report: SeedReport | None
     return report
 
 
+def demo_key_dir() -> Path:
+    """Where the demo backend client's private key lives (VAR_DIR, as the other dev secrets)."""
+    return Path(os.environ.get("VAR_DIR", ROOT / "var"))
+
+
+def demo_backend_jwks(key_file: Path) -> dict[str, Any]:
+    """The public JWKS of a demo backend client's key under var/, made on first use.
+
+    The private key is generated on this machine and never committed, so no deployment can
+    share it; only its public half is registered (inline), as a real client's would be.
+    """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from joserfc.jwk import RSAKey
+
+    if not key_file.exists():
+        key_file.parent.mkdir(parents=True, exist_ok=True)
+        pem = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(pem)
+    key = RSAKey.import_key(key_file.read_bytes())
+    public = {**key.as_dict(private=False), "kid": key.thumbprint(), "alg": "RS384", "use": "sig"}
+    return {"keys": [public]}
+
+
+def seed_backend_clients(
+    session: Session, data: dict[str, Any], report: SeedReport, key_dir: Path | None = None
+) -> None:
+    """The demo backend-service clients (``backendClients``): keys under var/, public JWKS inline."""
+    from smart_auth.clients import ClientError, register_backend_client
+    from smart_auth.models import OAuthClient
+
+    for spec in data.get("backendClients", []):
+        key = f"client {spec['clientId']}"
+        jwks = demo_backend_jwks((key_dir or demo_key_dir()) / spec["keyFile"])
+        inline = json.dumps(jwks, separators=(",", ":"))
+        row = session.get(OAuthClient, spec["clientId"])
+        if row is not None and row.jwks == inline and row.scope == spec["scope"]:
+            report.existing.append(key)
+            continue
+        try:
+            register_backend_client(
+                session, client_id=spec["clientId"], name=spec["name"], scope=spec["scope"], jwks=jwks
+            )
+        except ClientError as exc:
+            raise SeedError(f"{key}: {exc}") from None
+        (report.updated if row is not None else report.created).append(key)
+
+
 def first_party_clients(settings: Settings) -> list[dict[str, Any]]:
     """The keyword arguments of register_client for our own portal and console."""
     out = []
@@ -265,5 +318,6 @@ def seed_demo(session: Session, settings: Settings, data: dict[str, Any] | None 
     seed_resources(session, settings, data, report)
     seed_users(session, settings, data, report)
     seed_clients(session, settings, report)
+    seed_backend_clients(session, data, report)
     seed_messages(session, settings, data, report)
     return report

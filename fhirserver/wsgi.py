@@ -11,6 +11,7 @@ from typing import Any
 
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
+from fhirserver import security_headers
 from fhirserver.app import create_app
 from fhirserver.config import Settings, load_settings
 from fhirserver.core.ports import TokenAuthority
@@ -32,10 +33,12 @@ def create_wsgi(settings: Settings | None = None, *, tokens: TokenAuthority | No
             session_url=settings.portal_session_url,
             session_encryption_key=settings.portal_session_key or None,
             session_idle_minutes=settings.session_idle_minutes,
+            session_absolute_hours=settings.session_absolute_hours,
             dev_mode=settings.dev_mode,
         )
     )
-    return DispatcherMiddleware(core, {"/portal": portal})
+    # One HSTS policy for every path, the portal's included (fhirserver.security_headers).
+    return security_headers.install(DispatcherMiddleware(core, {"/portal": portal}), settings)
 
 
 def __getattr__(name: str) -> Any:

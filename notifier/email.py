@@ -29,8 +29,22 @@ RESET_NOTICE_BODY = (
     "a new one-time password. Every device that was signed in has been signed out.\n\n"
     "If you did not ask for this, please call the office.\n\nThe portal: [URL]\n"
 )
+BREAK_GLASS_KIND = "break-glass"
+BREAK_GLASS_SUBJECT = "Security alert: a break-glass access was recorded"
+BREAK_GLASS_BODY = (
+    "Hello,\n\nA break-glass (emergency) access was recorded at [OFFICE]; review it in the audit log.\n"
+    "For privacy this email says nothing about the patient or the access.\n\nThe console: [URL]\n"
+)
+# Fixed notices (the office's NOTIFY_SUBJECT/NOTIFY_BODY are for new messages only).
+FIXED_NOTICES = {
+    PASSWORD_RESET_KIND: (RESET_NOTICE_SUBJECT, RESET_NOTICE_BODY),
+    BREAK_GLASS_KIND: (BREAK_GLASS_SUBJECT, BREAK_GLASS_BODY),
+}
+# A security-alert recipient from SECURITY_ALERT_EMAILS: ``SecurityAlert/<digest>`` in the
+# outbox (the address is looked up in the settings when the email is sent).
+ALERT_RECIPIENT = "SecurityAlert"
 # Where each kind of recipient logs in to read the message.
-PORTAL_PATHS = {"Patient": "/portal/", "Practitioner": "/portal/console/"}
+PORTAL_PATHS = {"Patient": "/portal/", "Practitioner": "/portal/console/", ALERT_RECIPIENT: "/portal/console/"}
 # Deliberately narrow: one @, no whitespace, quotes, brackets, separators or control characters.
 _ADDRESS = re.compile(r"^[^@\s\"<>(),;:\\\[\]]{1,64}@[A-Za-z0-9.-]{1,253}\.[A-Za-z0-9-]{2,63}$")
 MAX_ADDRESS_LEN = 254
@@ -74,8 +88,21 @@ def render_body(settings: Settings, link: str, kind: str = NOTIFY_KIND) -> str:
 
     A new message uses the office's own template (NOTIFY_BODY); the account notice is fixed.
     """
-    template = RESET_NOTICE_BODY if kind == PASSWORD_RESET_KIND else settings.notify_body
+    template = FIXED_NOTICES[kind][1] if kind in FIXED_NOTICES else settings.notify_body
     return template.replace("[URL]", link).replace("[OFFICE]", settings.office_name)
+
+
+def alert_recipient_ref(address: str) -> str:
+    """The outbox recipient of one SECURITY_ALERT_EMAILS address: a digest, not the address."""
+    return f"{ALERT_RECIPIENT}/{hashlib.sha256(address.strip().lower().encode()).hexdigest()[:40]}"
+
+
+def alert_address(settings: Settings, recipient_ref: str) -> str | None:
+    """The configured alert address behind ``recipient_ref`` (None if the setting changed since)."""
+    for address in settings.security_alert_emails:
+        if alert_recipient_ref(address) == recipient_ref and is_valid_address(address.strip()):
+            return address.strip()
+    return None
 
 
 def is_valid_address(address: str) -> bool:
@@ -121,12 +148,14 @@ def build_notification(
     msg = EmailMessage(policy=POLICY)
     msg["From"] = formataddr((settings.office_name, settings.mail_from))
     msg["To"] = to_address
-    msg["Subject"] = RESET_NOTICE_SUBJECT if kind == PASSWORD_RESET_KIND else settings.notify_subject
+    msg["Subject"] = FIXED_NOTICES[kind][0] if kind in FIXED_NOTICES else settings.notify_subject
     msg["Date"] = formatdate(usegmt=True)
     msg["Message-ID"] = message_id
     # RFC 3834: keeps auto-responders (vacation replies) from answering the notify address.
     msg["Auto-Submitted"] = "auto-generated"
-    body = render_body(settings, portal_link(settings, recipient_type), kind)
+    # A break-glass alert always links to the console (where its reviewers sign in).
+    link_type = "Practitioner" if kind == BREAK_GLASS_KIND else recipient_type
+    body = render_body(settings, portal_link(settings, link_type), kind)
     # Plain ASCII goes as is, so the link is never split by quoted-printable soft breaks;
     # anything else is encoded by the email package's own choice.
     plain = body.isascii() and all(len(line) <= SMTP_LINE_LIMIT for line in body.splitlines())

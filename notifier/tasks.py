@@ -40,7 +40,7 @@ from fhirserver.db import make_sessionmaker
 from fhirserver.models import OutboxRow
 from notifier import smtp
 from notifier.app_settings import PURGE_TASK, SEND_TASK, SWEEP_TASK, settings_of
-from notifier.email import PORTAL_PATHS, build_notification, email_of, message_id_for
+from notifier.email import ALERT_RECIPIENT, PORTAL_PATHS, alert_address, build_notification, email_of, message_id_for
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +134,9 @@ def _recipient_email(session: Session, settings: Settings, recipient_ref: str) -
     res_type, _, res_id = recipient_ref.partition("/")
     if res_type not in PORTAL_PATHS or not res_id:
         return None, "unsupported-recipient"
+    if res_type == ALERT_RECIPIENT:  # an administrator's address from SECURITY_ALERT_EMAILS
+        address = alert_address(settings, recipient_ref)
+        return address, "" if address else "recipient-not-found"
     try:
         resource = Repository(session, settings, system_principal("notifier")).read(res_type, res_id).json()
     except FhirError as exc:
@@ -255,11 +258,13 @@ def sweep_outbox(self: Any) -> int:
 def purge_expired(self: Any) -> dict[str, int]:
     """Delete what the login server no longer needs: ended sessions, expired codes and refresh
     tokens, grants no token can use, stale throttle rows (``smart_auth.housekeeping``)."""
+    from fhirserver.break_glass import purge as purge_break_glass
     from smart_auth.housekeeping import purge
 
     settings = settings_of(self.app)
     with session_maker(settings)() as session, session.begin():
         counts = purge(session, settings)
+        counts.update(purge_break_glass(session))
     if any(counts.values()):
         log.info("auth purge: %s", ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
     return counts

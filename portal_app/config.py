@@ -26,6 +26,8 @@ class PortalConfig:
     console_client_secret: str
     session_url: str
     session_idle_minutes: int = 15
+    # However active, a sign-in ends this long after it began (beside the idle timeout).
+    session_absolute_hours: int = 12
     dev_mode: bool = False
     patient_client_id: str = "portal"
     console_client_id: str = "console"
@@ -51,6 +53,11 @@ class PortalConfig:
         if len(key) != 32:
             raise ValueError("session_encryption_key must be 32 bytes, raw or base64")
         return key
+
+    @property
+    def strict_transport(self) -> bool:
+        """``__Host-``, Secure cookies: outside development, or on an https base URL (as the API)."""
+        return not self.dev_mode or self.base_url.lower().startswith("https://")
 
     @property
     def public_base(self) -> str:
@@ -81,6 +88,7 @@ class PortalConfig:
             console_client_secret=env["CONSOLE_CLIENT_SECRET"],
             session_url=env.get("PORTAL_SESSION_URL", "filesystem://var/portal-sessions"),
             session_idle_minutes=int(env.get("SESSION_IDLE_MINUTES", "15")),
+            session_absolute_hours=int(env.get("SESSION_ABSOLUTE_HOURS", "12")),
             dev_mode=dev,
             patient_client_id=env.get("PORTAL_CLIENT_ID", "portal"),
             console_client_id=env.get("CONSOLE_CLIENT_ID", "console"),

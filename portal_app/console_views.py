@@ -7,13 +7,15 @@ what may be sent (it answers 422 with an OperationOutcome that is shown as is).
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
-from flask import Blueprint, abort, flash, jsonify, redirect, render_template, request, session, url_for
+from flask import Blueprint, abort, flash, g, jsonify, redirect, render_template, request, session, url_for
 from werkzeug.wrappers import Response
 
-from portal_app import auth, lookups
+from portal_app import auth, break_glass_views, launch_api, lookups
 from portal_app.fhir_api import ApiError, FhirApi, created_id
 from portal_app.forms import (
     ActionForm,
@@ -47,6 +49,8 @@ from portal_app.webmail import (
 )
 
 REALM = "console"
+CLIENT_ID = re.compile(r"[A-Za-z0-9\-._~]{1,100}")
+ORIGIN_HOST = re.compile(r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 CONSOLE_ROLES = frozenset({"provider", "staff", "admin"})
 bp = Blueprint("console", __name__, url_prefix="/console")
 
@@ -95,6 +99,7 @@ def _safe_back(default: str) -> str:
 # -- sign-in and alerts --------------------------------------------------------------------------
 
 auth.add_sign_in_routes(bp, REALM)  # /login, /callback, /logout
+break_glass_views.register(bp)  # /break-glass: emergency access to a patient outside one's care
 
 
 @bp.get("/alerts.json")
@@ -263,8 +268,11 @@ def chart(pid: str) -> str:
             refs += [m.sender, *m.recipients]
         providers = general_practitioners(patient)
         people = lookups.names(client, [*refs, *providers])
+        apps, apps_error = _smart_apps(client)
         return render_template(
             "console/chart.html",
+            apps=apps,
+            apps_error=apps_error,
             patient=patient,
             name=format_name(patient) or "Patient",
             phone=telecom(patient, "phone"),
@@ -280,6 +288,55 @@ def chart(pid: str) -> str:
 
     result: str = auth.call(REALM, work)
     return result
+
+
+def _smart_apps(client: FhirApi) -> tuple[list[launch_api.SmartApp], str | None]:
+    """The apps the chart offers to launch (SMART EHR launch), or why they cannot be listed.
+
+    The Launch forms end in a redirect to the app, which the page's CSP ``form-action``
+    must allow: the view names the apps' origins for the security headers.
+    """
+    try:
+        apps = launch_api.apps(client)
+    except ApiError as exc:
+        if exc.status == 401:
+            raise
+        return [], "The list of apps cannot be shown right now."
+    g.form_action_extra = sorted({origin for a in apps if (origin := _origin(a.launch_url))})
+    return apps, None
+
+
+def _origin(url: str) -> str | None:
+    parts = urlsplit(url)
+    # Only host[:port] characters: the origin goes into a CSP header.
+    if parts.scheme not in ("http", "https") or not ORIGIN_HOST.fullmatch(parts.netloc):
+        return None
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+@bp.post("/patients/<pid>/launch")
+def launch_app(pid: str) -> Response:
+    """Launch a SMART app for this chart's patient: the server mints a launch bound to this
+    user, sign-in, app and patient; the browser goes to the app's launch URL with it."""
+    _user()
+    _check_pid(pid)
+    client_id = request.form.get("client_id", "")
+    if not CLIENT_ID.fullmatch(client_id):
+        abort(400)
+
+    def work(client: FhirApi) -> Response:
+        try:
+            url = launch_api.launch(client, client_id, pid)
+        except ApiError as exc:
+            if exc.status == 401:  # the sign-in ended: sign in again, then back to this chart
+                auth.remember_destination(REALM, url_for("console.chart", pid=pid))
+                raise
+            flash("The app could not be launched for this patient." if exc.status != 503 else exc.text, "error")
+            return redirect(url_for("console.chart", pid=pid), 303)
+        return redirect(url, 303)
+
+    response: Response = auth.call(REALM, work)
+    return response
 
 
 @bp.route("/patients/<pid>/compose", methods=["GET", "POST"])

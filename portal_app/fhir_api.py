@@ -51,6 +51,10 @@ class FhirApi:
     def _url(self, path: str) -> str:
         return f"{self.base}/{path.lstrip('/')}"
 
+    def authorization(self) -> dict[str, str]:
+        """The bearer header of this client, for the authorization server's own APIs (launch_api)."""
+        return {"Authorization": self._headers["Authorization"]}
+
     def _send(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         headers = dict(self._headers)
         headers.update(kwargs.pop("headers", {}))

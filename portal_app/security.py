@@ -7,7 +7,7 @@ Content-Security-Policy without inline script limits what an injected tag could 
 
 from __future__ import annotations
 
-from flask import Flask, Response, request
+from flask import Flask, Response, g, request
 
 
 def content_security_policy(base_url: str) -> str:
@@ -28,7 +28,10 @@ def install_security_headers(app: Flask, base_url: str) -> None:
 
     @app.after_request
     def _headers(response: Response) -> Response:
-        response.headers["Content-Security-Policy"] = csp
+        # A page whose forms end in a redirect elsewhere (the console's app launch) names the
+        # origins; browsers apply form-action to those redirects too.
+        extra = getattr(g, "form_action_extra", None)
+        response.headers["Content-Security-Policy"] = csp + "".join(f" {o}" for o in extra or ())
         response.headers["Referrer-Policy"] = "no-referrer"
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["X-Frame-Options"] = "DENY"

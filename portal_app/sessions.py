@@ -7,7 +7,12 @@ live cookie), and each value is encrypted with AES-256-GCM, its storage key boun
 associated data (a value copied under another key does not open). A value that does not
 open is no session: the user is simply signed out. The idle timeout is enforced by the
 portal itself from ``last_seen``, so that background polling (the alerts badge) does not
-keep an abandoned session alive.
+keep an abandoned session alive; the absolute lifetime from ``signed_in_at`` (stamped when
+the first sign-in regenerates the id), so that even an active session ends.
+
+The cookie is HttpOnly, SameSite=Lax (a link in a notification email is a cross-site
+navigation that must arrive signed in), and in production ``__Host-`` prefixed and Secure,
+hence on Path=/: its name differs from the login server's cookies (``fhir_auth_*``).
 """
 
 from __future__ import annotations
@@ -30,7 +35,9 @@ from flask_session.redis import RedisSessionInterface
 from portal_app.config import PortalConfig
 
 log = logging.getLogger(__name__)
+# The base name: production adds the __Host- prefix (PortalConfig.strict_transport).
 COOKIE_NAME = "webmail_portal_session"
+HOST_PREFIX = "__Host-"
 KEY_PREFIX = "portal:"
 SID_BYTES = 32
 # Requests that must not count as user activity.
@@ -159,31 +166,57 @@ def session_interface(app: Flask, config: PortalConfig) -> SealedRedisSessionInt
     raise ValueError("session_url must be filesystem:///path or redis://...")
 
 
+def cookie_name(config: PortalConfig) -> str:
+    return HOST_PREFIX + COOKIE_NAME if config.strict_transport else COOKIE_NAME
+
+
 def install_sessions(app: Flask, config: PortalConfig) -> None:
     idle = timedelta(minutes=config.session_idle_minutes)
     app.config.update(
         SESSION_PERMANENT=True,
         PERMANENT_SESSION_LIFETIME=idle,
         SESSION_REFRESH_EACH_REQUEST=True,
-        SESSION_COOKIE_NAME=COOKIE_NAME,
-        SESSION_COOKIE_PATH="/portal",
+        SESSION_COOKIE_NAME=cookie_name(config),
+        SESSION_COOKIE_PATH="/",  # __Host- requires it; the name keeps it apart from /auth's cookies
+        SESSION_COOKIE_DOMAIN=None,
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
-        SESSION_COOKIE_SECURE=config.base_url.startswith("https://"),
+        SESSION_COOKIE_SECURE=config.strict_transport,
     )
     app.session_interface = session_interface(app, config)
     _skip_saving_passive_requests(app)
+    _stamp_sign_in(app)
     idle_seconds = idle.total_seconds()
+    absolute_seconds = config.session_absolute_hours * 3600
 
     @app.before_request
     def _idle_timeout() -> None:
         now = time.time()
         last = session.get("last_seen")
-        if isinstance(last, int | float) and now - last > idle_seconds:
+        started = session.get("signed_in_at")
+        if (isinstance(last, int | float) and now - last > idle_seconds) or (
+            isinstance(started, int | float) and now - started > absolute_seconds
+        ):
             session.clear()
             session["timed_out"] = True
         if request.endpoint not in PASSIVE_ENDPOINTS:
             session["last_seen"] = now
+
+
+def _stamp_sign_in(app: Flask) -> None:
+    """Note when the session's first sign-in happened (the absolute lifetime counts from it).
+
+    Every sign-in regenerates the session id (``portal_app.auth``); a second realm signing
+    in later keeps the first stamp, so that it cannot extend the session.
+    """
+    interface: Any = app.session_interface
+    regenerate = interface.regenerate
+
+    def stamped(sess: Any) -> None:
+        sess.setdefault("signed_in_at", time.time())
+        regenerate(sess)
+
+    interface.regenerate = stamped
 
 
 def _skip_saving_passive_requests(app: Flask) -> None:

@@ -377,6 +377,29 @@ def change_password(
     session.flush()
 
 
+def reauthenticate(session: Session, settings: Settings, user: UserAccount, password: str, address: str | None) -> bool:
+    """F4: a signed-in user proves the password again before a security change (e.g. a new
+    authenticator). Throttled like the password change; audited. Raises LoginThrottled."""
+    attempt = throttle.Attempt(user.username, address)
+    refusal = throttle.check(session, settings, attempt)
+    if refusal is not None:
+        raise LoginThrottled(refusal.retry_after)
+    password = password if isinstance(password, str) else ""
+    ok = len(password) <= passwords.MAX_LENGTH and passwords.verify_password(settings, user.password_hash, password)
+    if not ok:
+        throttle.record_failure(session, settings, attempt)
+    security_event(
+        session,
+        subtype="reauthentication",
+        outcome="0" if ok else "4",
+        user_id=user.id,
+        address=address,
+        description="password confirmed again" if ok else "re-authentication failed: wrong password",
+    )
+    session.flush()
+    return ok
+
+
 def set_password(session: Session, settings: Settings, user: UserAccount, new: str, must_change: bool = False) -> None:
     """Operator reset (CLI): set a password that passes the policy, without the current one.
 

@@ -16,12 +16,12 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from authlib.oauth2.rfc6749 import AccessDeniedError, InvalidScopeError, OAuth2Error
+from authlib.oauth2.rfc6749 import AccessDeniedError, InvalidRequestError, InvalidScopeError, OAuth2Error
 from flask import Blueprint, redirect, request, session, url_for
 from flask.typing import ResponseReturnValue
 
 from fhirserver.core.audit import security_event
-from smart_auth import consent, patient_picker, scope_policy
+from smart_auth import consent, launch, patient_picker, scope_policy
 from smart_auth.models import OAuthClient, UserAccount
 from smart_auth.oauth_server import Decision, SmartAuthorizationServer
 from smart_auth.sessions import LOGIN_KEY
@@ -142,9 +142,13 @@ def _evaluate(pending: dict[str, Any], user: UserAccount) -> Evaluation | Respon
     client: OAuthClient = grant.client.row
     requested = grant.request.payload.scope.split()
     scopes = scope_policy.grant(requested, client.scope, user.role)
+    if "launch" not in pending["params"]:  # the launch scope means nothing without a launch
+        scopes = [s for s in scopes if s != scope_policy.LAUNCH]
     ev = Evaluation(grant, client, user, scopes, scope_policy.needs_patient(scopes), None, pending)
     if not scopes:
         return _deny(ev, InvalidScopeError, "None of the requested scopes can be granted to this user.")
+    if "launch" in pending["params"]:
+        return _with_launch(ev)
     if ev.needs_patient:
         if user.role == "patient":
             if not (user.fhir_user or "").startswith("Patient/"):
@@ -154,6 +158,33 @@ def _evaluate(pending: dict[str, Any], user: UserAccount) -> Evaluation | Respon
             chosen = pending.get("patient")
             if isinstance(chosen, str) and patient_picker.may_pick(dbs(), user, chosen):
                 ev.patient = chosen
+    return ev
+
+
+def _launch_of(ev: Evaluation) -> Any:
+    return launch.find_live(dbs(), ev.pending["params"].get("launch"), ev.client.client_id)
+
+
+def _with_launch(ev: Evaluation) -> Evaluation | ResponseReturnValue:
+    """EHR launch (A10): the launch must still be live and have been minted by this user in this
+    sign-in; its patient is the context (no picker). Anything else ends the request, no code."""
+    row = _launch_of(ev)
+    if scope_policy.LAUNCH not in ev.scopes:
+        return _deny(ev, InvalidScopeError, "This application may not be launched from the console.")
+    if row is None or not launch.belongs_to(row, ev.user.id, session.get(LOGIN_KEY)):
+        security_event(
+            dbs(),
+            subtype="ehr-launch",
+            outcome="4",
+            user_id=ev.user.id,
+            client_id=ev.client.client_id,
+            address=request.remote_addr,
+            description="launch refused: unknown, expired, used or of another sign-in",
+        )
+        dbs().commit()
+        return _deny(ev, InvalidRequestError, "The launch is not valid for this sign-in. Launch the app again.")
+    ev.patient = row.patient_id
+    ev.needs_patient = True
     return ev
 
 
@@ -202,6 +233,13 @@ def proceed() -> ResponseReturnValue:
         if not scopes:
             return _deny(ev, description="No scopes were approved.")
     patient = ev.patient if scope_policy.needs_patient(scopes) else None
+    # An EHR launch whose ``launch`` scope the user unticked at consent runs without its context.
+    ehr_launch = "launch" in ev.pending["params"] and "launch" in scopes
+    if ehr_launch:
+        row = _launch_of(ev)
+        if row is None or not launch.claim(dbs(), row):  # single use (A10)
+            return _deny(ev, InvalidRequestError, "The launch is not valid for this sign-in. Launch the app again.")
+        patient = row.patient_id
     auth_time = session.get(AUTH_TIME_KEY)
     login_id = session.get(LOGIN_KEY)
     decision = Decision(
@@ -210,6 +248,7 @@ def proceed() -> ResponseReturnValue:
         patient=patient,
         auth_time=auth_time if isinstance(auth_time, int) else 0,
         login_id=login_id if isinstance(login_id, str) else None,
+        ehr_launch=ehr_launch,
     )
     response = _server().create_authorization_response(request=ev.grant.request, grant_user=decision, grant=ev.grant)
     dbs().commit()
@@ -267,7 +306,7 @@ def register(bp: Blueprint) -> None:
         if ev.needs_patient and ev.patient is None:
             return redirect(url_for("smart_auth.authorize_patient"), 303)
         if request.method == "POST":
-            chosen = [s for s in ev.scopes if s in request.form.getlist("scope")]
+            chosen = consent.kept(ev.scopes, request.form.getlist("scope"))  # never widens (A12)
             if request.form.get("action") != "approve" or not chosen:
                 security_event(
                     dbs(),
@@ -302,6 +341,7 @@ def register(bp: Blueprint) -> None:
             "consent.html",
             client=ev.client,
             items=items,
+            notes=consent.notes(ev.scopes),
             patient_name=patient_name,
             offline="offline_access" in ev.scopes,
             own_record=user.role == "patient",

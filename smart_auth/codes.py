@@ -33,6 +33,7 @@ class NewCode:
     auth_time: int
     nonce: str | None = None
     login_id: str | None = None
+    ehr_launch: bool = False  # the code of an EHR launch (smart_auth.launch)
 
 
 def new_value() -> str:
@@ -56,6 +57,7 @@ def store(session: Session, code: str, new: NewCode) -> None:
             launch_patient=new.launch_patient,
             auth_time=new.auth_time,
             login_id=new.login_id,
+            ehr_launch=new.ehr_launch,
             expires_at=now + timedelta(seconds=CODE_LIFETIME_SECONDS),
             used=False,
         )

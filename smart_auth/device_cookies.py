@@ -18,10 +18,12 @@ from typing import Any
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
+from fhirserver.config import Settings
+from smart_auth import cookie_policy
 from smart_auth.throttle import account_key
 
+# The base name: production adds the __Host- prefix (smart_auth.cookie_policy).
 COOKIE_NAME = "fhir_auth_device"
-COOKIE_PATH = "/auth"
 MAX_AGE_DAYS = 180
 MAX_ENTRIES = 5
 MAX_COOKIE = 2048
@@ -32,6 +34,15 @@ class Entry:
     account: str  # smart_auth.throttle.account_key of the username
     nonce: str
     issued: int
+
+
+def cookie_name(settings: Settings) -> str:
+    return cookie_policy.name(COOKIE_NAME, settings)
+
+
+def cookie_attributes(settings: Settings) -> dict[str, Any]:
+    """Read only by the login form's own POST, so SameSite=Strict (and __Host-, Secure in production)."""
+    return {**cookie_policy.attributes(settings, samesite="Strict"), "max_age": MAX_AGE_DAYS * 86400}
 
 
 def _serializer(secret_key: str) -> URLSafeTimedSerializer:

@@ -5,7 +5,10 @@ symmetric confidential clients, PKCE S256, refresh tokens for offline and online
 access, token revocation (RFC 7009) and introspection (RFC 7662), patient and user
 scopes in v1 and v2 syntax, authorize by POST, and OpenID Connect id_tokens for
 ``openid fhirUser`` (hence ``issuer`` and ``sso-openid-connect``; the OpenID provider
-metadata is at ``{issuer}/.well-known/openid-configuration``).
+metadata is at ``{issuer}/.well-known/openid-configuration``), and SMART Backend Services
+(``client_credentials`` with ``private_key_jwt`` signed RS384 or ES384, hence
+``client-confidential-asymmetric``; ``smart_auth.backend_services``), and the EHR launch
+from the provider console with a patient in context, a banner and a style (``smart_auth.launch``).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from fhirserver.config import Settings
+from smart_auth.backend_services import ALGORITHMS as ASSERTION_ALGORITHMS
 from smart_auth.introspection import SmartIntrospectionEndpoint
 from smart_auth.oauth_server import TOKEN_AUTH_METHODS
 from smart_auth.revocation import SmartRevocationEndpoint
@@ -20,9 +24,14 @@ from smart_auth.tokens import ALG, issuer
 
 CAPABILITIES = [
     "launch-standalone",
+    "launch-ehr",
     "client-public",
     "client-confidential-symmetric",
+    "client-confidential-asymmetric",
     "context-standalone-patient",
+    "context-ehr-patient",
+    "context-banner",
+    "context-style",
     "permission-offline",
     "permission-online",
     "permission-patient",
@@ -36,6 +45,7 @@ CAPABILITIES = [
 SCOPES_SUPPORTED = [
     "openid",
     "fhirUser",
+    "launch",
     "launch/patient",
     "offline_access",
     "online_access",
@@ -48,6 +58,10 @@ SCOPES_SUPPORTED = [
     "user/Practitioner.rs",
     "user/Communication.cruds",
     "user/AuditEvent.rs",
+    "system/*.rs",
+    "system/Patient.cruds",
+    "system/Practitioner.cruds",
+    "system/Communication.cruds",
 ]
 
 
@@ -62,10 +76,11 @@ def _authorization_server(settings: Settings) -> dict[str, Any]:
         "revocation_endpoint": f"{base}/auth/revoke",
         "introspection_endpoint": f"{base}/auth/introspect",
         "jwks_uri": f"{base}/auth/jwks",
-        "grant_types_supported": ["authorization_code", "refresh_token"],
+        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
         "response_types_supported": ["code"],
         "code_challenge_methods_supported": ["S256"],
         "token_endpoint_auth_methods_supported": list(TOKEN_AUTH_METHODS),
+        "token_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGORITHMS),
         "revocation_endpoint_auth_methods_supported": list(SmartRevocationEndpoint.CLIENT_AUTH_METHODS),
         "introspection_endpoint_auth_methods_supported": list(SmartIntrospectionEndpoint.CLIENT_AUTH_METHODS),
     }

@@ -63,6 +63,16 @@ def create(
     return grant
 
 
+def create_system(session: Session, *, client_id: str, scope: str) -> OAuthGrant:
+    """The grant of one backend-service token (``smart_auth.backend_services``).
+
+    No user stands behind it: the client is its own subject (``user_id`` = ``client_id``,
+    as the token's ``sub``), and the API checks it against the client's registration
+    instead of an account (``smart_auth.resource_server``).
+    """
+    return create(session, user_id=client_id, client_id=client_id, scope=scope, login_id=None)
+
+
 def get(session: Session, grant_id: str | None) -> OAuthGrant | None:
     if not grant_id or len(grant_id) > 32 or "\x00" in grant_id:
         return None

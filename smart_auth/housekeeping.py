@@ -13,7 +13,7 @@ from datetime import timedelta
 from sqlalchemy.orm import Session
 
 from fhirserver.config import Settings
-from smart_auth import codes, grants, refresh_tokens, sessions, throttle
+from smart_auth import assertion_replay, codes, grants, launch, refresh_tokens, sessions, throttle
 from smart_auth.hashing import utcnow
 from smart_auth.tokens import MAX_LIFETIME
 
@@ -26,5 +26,7 @@ def purge(session: Session, settings: Settings) -> dict[str, int]:
         "refresh_tokens": refresh_tokens.purge(session),
         "grants": grants.purge(session, now, timedelta(seconds=MAX_LIFETIME + 60)),
         "codes": codes.purge(session),
+        "launches": launch.purge(session),
         "throttle": throttle.purge(session, settings, now),
+        "assertion_jtis": assertion_replay.purge(session, now),
     }

@@ -7,16 +7,25 @@ leaves a device cookie, which keeps this browser in good standing for the accoun
 A first login with a one-time password continues to the password change page before
 anything else, then to the authorization request that started the login, which waits
 in the session (never in the URL).
+
+Providers and staff (and whoever enrolled) pass a second factor after the password
+(``smart_auth.mfa``; its pages are ``mfa_views``): until then the session stays anonymous
+and only remembers that the password was right, for a few minutes. The device cookie, a
+new session id and a login id come with the full sign-in (:func:`complete_sign_in`).
 """
 
 from __future__ import annotations
+
+import time
+from collections.abc import Callable
 
 from flask import Blueprint, g, make_response, redirect, request, session, url_for
 from flask.typing import ResponseReturnValue
 from werkzeug.wrappers import Response
 
 from fhirserver.core.audit import security_event
-from smart_auth import accounts, clients, device_cookies, grants, passwords
+from smart_auth import accounts, clients, device_cookies, grants, mfa, passwords
+from smart_auth.models import UserAccount
 from smart_auth.sessions import LOGIN_KEY, end, end_other_sessions, regenerate
 from smart_auth.web_support import (
     MUST_CHANGE_KEY,
@@ -29,6 +38,8 @@ from smart_auth.web_support import (
     sign_in,
 )
 
+# Password accepted, second factor next (see hold_for_second_factor).
+MFA_PENDING_KEY = "mfa_pending"
 LOGIN_FAILED = "The username or password is not correct."
 THROTTLED = "Too many attempts. Please wait a few minutes and try again."
 MAX_FIELD = 2048
@@ -56,6 +67,36 @@ def after_login_target() -> str:
     return url_for("smart_auth.home")
 
 
+def hold_for_second_factor(user: UserAccount) -> None:
+    """Password accepted, second factor next: the (still anonymous) session remembers who and
+    when, for ``mfa.PENDING_SECONDS``; nobody is signed in and no device cookie is issued yet."""
+    pending = session.get(PENDING_KEY)
+    session.clear()
+    if pending:
+        session[PENDING_KEY] = pending
+    session[MFA_PENDING_KEY] = {"u": user.id, "t": int(time.time())}
+
+
+def complete_sign_in(user: UserAccount, respond: Callable[[str], ResponseReturnValue] | None = None) -> Response:
+    """Sign ``user`` in (new session id and login id) and leave a device cookie.
+
+    The answer is a 303 to the next step, or ``respond(next_url)`` (e.g. the page that shows
+    new recovery codes once, with a link to go on).
+    """
+    secret = settings().secret_key
+    devices = device_cookies.read(request.cookies.get(device_cookies.cookie_name(settings())), secret)
+    sign_in(user)
+    regenerate(session)
+    target = after_login_target()
+    response: Response = make_response(respond(target)) if respond else redirect(target, 303)
+    response.set_cookie(
+        device_cookies.cookie_name(settings()),
+        device_cookies.issue(devices, user.username, secret),
+        **device_cookies.cookie_attributes(settings()),
+    )
+    return response
+
+
 def register(bp: Blueprint) -> None:
     @bp.get("/")
     def home() -> ResponseReturnValue:
@@ -64,7 +105,7 @@ def register(bp: Blueprint) -> None:
             return redirect(url_for("smart_auth.login"))
         if session.get(MUST_CHANGE_KEY):
             return redirect(url_for("smart_auth.password"))
-        return page("home.html", user=user)
+        return page("home.html", user=user, security=mfa.offered(user))
 
     @bp.route("/login", methods=["GET", "POST"])
     def login() -> ResponseReturnValue:
@@ -81,7 +122,7 @@ def register(bp: Blueprint) -> None:
         username = _form("username")
         password = _form("password")
         secret = settings().secret_key
-        devices = device_cookies.read(request.cookies.get(device_cookies.COOKIE_NAME), secret)
+        devices = device_cookies.read(request.cookies.get(device_cookies.cookie_name(settings())), secret)
         try:
             user = accounts.authenticate(
                 dbs(),
@@ -101,19 +142,10 @@ def register(bp: Blueprint) -> None:
         dbs().commit()
         if user is None:
             return page("login.html", 400, error=LOGIN_FAILED, username=username, client_name=_pending_client_name())
-        sign_in(user)
-        regenerate(session)
-        response: Response = redirect(after_login_target(), 303)
-        response.set_cookie(
-            device_cookies.COOKIE_NAME,
-            device_cookies.issue(devices, username, secret),
-            max_age=device_cookies.MAX_AGE_DAYS * 86400,
-            path=device_cookies.COOKIE_PATH,
-            httponly=True,
-            secure=settings().base_url.startswith("https://"),
-            samesite="Lax",
-        )
-        return response
+        if mfa.needed_at_login(dbs(), settings(), user):
+            hold_for_second_factor(user)
+            return redirect(url_for("smart_auth.mfa"), 303)
+        return complete_sign_in(user)
 
     @bp.route("/password", methods=["GET", "POST"])
     def password() -> ResponseReturnValue:

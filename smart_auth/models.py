@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, DateTime, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from fhirserver.db import Base
@@ -58,6 +58,11 @@ class OAuthClient(Base):
     # A resource server may introspect any token (RFC 7662); other confidential clients only their own.
     resource_server: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    # Backend services (private_key_jwt): the client's public keys, by URL or inline (a JWKS JSON).
+    jwks_url: Mapped[str | None] = mapped_column(String(2000), nullable=True)
+    jwks: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # SMART apps that support the EHR launch: where the console sends the browser (smart_auth.launch).
+    launch_url: Mapped[str | None] = mapped_column(String(2000), nullable=True)
 
 
 class OAuthGrant(Base):
@@ -99,6 +104,8 @@ class AuthorizationCode(Base):
     login_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     # Set when the code is redeemed: a replayed code revokes this grant (RFC 6749 4.1.2).
     grant_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # Issued for an EHR launch (smart_auth.launch): the token response adds the banner and style.
+    ehr_launch: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
 
 
 class RefreshToken(Base):
@@ -148,3 +155,65 @@ class LoginThrottle(Base):
     last_failure_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     # No attempt on this key before this instant (growing delays); None: not delayed.
     blocked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class AssertionJti(Base):
+    """A client assertion's ``jti``, kept until the assertion's ``exp`` (``smart_auth.assertion_replay``).
+
+    The primary key makes the insert fail for a replay, in every process at once.
+    """
+
+    __tablename__ = "oauth_assertion_jti"
+    client_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    jti_hash: Mapped[str] = mapped_column(String(64), primary_key=True)  # SHA-256 of the jti
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, index=True)
+
+
+class UserMfa(Base):
+    """A user's confirmed TOTP authenticator (``smart_auth.mfa``); one per account.
+
+    The base32 secret is stored only as an AES-256-GCM envelope under a configured key
+    (``ENCRYPTION_KEYS``; ``key_id`` names it, so a key rotation can re-encrypt later), bound
+    to the user id. ``last_step`` is the 30-second step of the last accepted code: a code of
+    that step or an earlier one is refused, so each code works once.
+    """
+
+    __tablename__ = "user_mfa"
+    user_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("user_account.id", ondelete="CASCADE"), primary_key=True
+    )
+    secret_envelope: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    key_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    last_step: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    confirmed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
+class MfaRecoveryCode(Base):
+    """A single-use recovery code, stored as SHA-256 of (user id, code): 79 random bits each."""
+
+    __tablename__ = "mfa_recovery_code"
+    code_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("user_account.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class EhrLaunch(Base):
+    """A SMART EHR launch id (``smart_auth.launch``): stored as its SHA-256, like a code.
+
+    It names the user, the sign-in (``login_id``), the app and the patient whose chart was
+    open; it lives a few minutes and is consumed (``used_at``) by the one authorization
+    that it starts.
+    """
+
+    __tablename__ = "oauth_launch"
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    login_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    client_id: Mapped[str] = mapped_column(String(100), nullable=False)
+    patient_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, index=True)
+    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -45,13 +45,14 @@ from flask import request as flask_request
 from fhirserver.config import Settings
 from fhirserver.core.audit import security_event
 from fhirserver.core.scopes import ScopeError, validate_requested
-from smart_auth import clients, codes, grants, refresh_tokens, scope_policy, tokens
+from smart_auth import clients, codes, grants, launch, refresh_tokens, scope_policy, tokens
 from smart_auth.models import OAuthClient, RefreshToken, UserAccount
 from smart_auth.pkce import S256CodeChallenge
 from smart_auth.web_support import dbs
 
 log = logging.getLogger(__name__)
-TOKEN_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
+# private_key_jwt: backend services only (smart_auth.backend_services); an app's row refuses it.
+TOKEN_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none", "private_key_jwt"]
 
 
 class SmartClient(ClientMixin):
@@ -78,6 +79,8 @@ class SmartClient(ClientMixin):
         return clients.check_secret(self.row, client_secret)
 
     def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
+        if clients.is_backend(self.row):
+            return method == "private_key_jwt"
         if clients.is_public(self.row):
             return method == "none"
         return method in ("client_secret_basic", "client_secret_post")
@@ -98,6 +101,7 @@ class Decision:
     patient: str | None
     auth_time: int
     login_id: str | None = None
+    ehr_launch: bool = False  # the patient came from an EHR launch (smart_auth.launch)
 
     @property
     def id(self) -> str:  # Authlib logs/uses request.user.id in places
@@ -167,6 +171,12 @@ class SmartAuthorizationServer(AuthorizationServer):
         self.init_app(app)
         self.register_grant(SmartCodeGrant, [S256CodeChallenge()])
         self.register_grant(SmartRefreshGrant)
+        from smart_auth.backend_services import PrivateKeyJWT, SmartClientCredentialsGrant
+
+        self.register_grant(SmartClientCredentialsGrant)
+        self.register_client_auth_method(
+            "private_key_jwt", PrivateKeyJWT(settings, dbs, address=lambda: flask_request.remote_addr)
+        )
         from smart_auth.introspection import SmartIntrospectionEndpoint
         from smart_auth.revocation import SmartRevocationEndpoint
 
@@ -232,9 +242,16 @@ def _token_response(
     }
     if ctx.patient:
         body["patient"] = ctx.patient
+    body.update(ctx.extra)
     if "openid" in scope.split():
         body["id_token"] = tokens.issue_id_token(
-            settings, user=user, client_id=client_id, nonce=ctx.nonce, auth_time=ctx.auth_time, sid=ctx.login_id
+            settings,
+            user=user,
+            client_id=client_id,
+            nonce=ctx.nonce,
+            auth_time=ctx.auth_time,
+            sid=ctx.login_id,
+            with_fhir_user="fhirUser" in scope.split(),
         )
     if ctx.refresh_scope is not None:
         body["refresh_token"] = refresh_tokens.create(
@@ -271,6 +288,21 @@ def _active_user(user_id: str) -> UserAccount | None:
     return user if user is not None and user.active else None
 
 
+def _validate_launch(payload: Any, redirect_uri: str) -> None:
+    """EHR launch (A10): a ``launch`` parameter must name a live launch of this client and come
+    with the ``launch`` scope (without the parameter, that scope is just not granted). Which
+    user may use it is checked once someone is signed in (``smart_auth.authorize_views``)."""
+    value = payload.data.get("launch")
+    wants_scope = scope_policy.LAUNCH in (payload.scope or "").split()
+    problem = None
+    if value is not None and not wants_scope:
+        problem = "A 'launch' parameter needs the 'launch' scope."
+    elif value is not None and launch.find_live(dbs(), value, payload.client_id) is None:
+        problem = "The launch is unknown, expired or already used."
+    if problem:
+        raise InvalidRequestError(problem, redirect_uri=redirect_uri, state=payload.state)
+
+
 class SmartCodeGrant(AuthorizationCodeGrant):
     TOKEN_ENDPOINT_AUTH_METHODS = TOKEN_AUTH_METHODS
 
@@ -290,6 +322,7 @@ class SmartCodeGrant(AuthorizationCodeGrant):
             raise InvalidRequestError("Missing 'state'.", redirect_uri=redirect_uri)
         if len(payload.data.get("nonce") or "") > 255:
             raise InvalidRequestError("'nonce' is too long.", redirect_uri=redirect_uri, state=payload.state)
+        _validate_launch(payload, redirect_uri)
         return redirect_uri  # type: ignore[no-any-return]
 
     def generate_authorization_code(self) -> str:
@@ -312,6 +345,7 @@ class SmartCodeGrant(AuthorizationCodeGrant):
                 auth_time=decision.auth_time,
                 nonce=data.get("nonce"),
                 login_id=decision.login_id,
+                ehr_launch=decision.ehr_launch,
             ),
         )
 
@@ -367,6 +401,8 @@ class SmartCodeGrant(AuthorizationCodeGrant):
             auth_time=row.auth_time or None,
             login_id=row.login_id,
         )
+        if row.ehr_launch:
+            ctx.extra.update(launch.token_response_context(self.settings))
         if include_refresh_token and scope_policy.wants_refresh(granted):
             ctx.refresh_scope = row.scope
             ctx.refresh_patient = ctx.patient

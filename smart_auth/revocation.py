@@ -21,8 +21,9 @@ from smart_auth.web_support import dbs
 
 
 class SmartRevocationEndpoint(RevocationEndpoint):  # type: ignore[misc]
-    # Public clients revoke with their client_id alone (PKCE was their only proof anyway).
-    CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
+    # Public clients revoke with their client_id alone (PKCE was their only proof anyway);
+    # backend services with a client assertion, as at the token endpoint.
+    CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none", "private_key_jwt"]
 
     def authenticate_token(self, request: Any, client: Any) -> issued_tokens.IssuedToken | None:
         self.check_params(request, client)

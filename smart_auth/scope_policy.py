@@ -14,6 +14,8 @@ from fhirserver.core.scopes import PERMISSION_ORDER, ResourceScope, ScopeError, 
 
 IDENTITY_SCOPES = frozenset({"openid", "fhirUser", "offline_access", "online_access"})
 LAUNCH_PATIENT = "launch/patient"
+# EHR launch (smart_auth.launch): the patient comes from the launch; only the console's users mint one.
+LAUNCH = "launch"
 # Resource-scope contexts each role may hold; non-resource scopes are in ROLE_EXTRAS.
 ROLE_CONTEXTS: dict[str, frozenset[str]] = {
     "patient": frozenset({"patient"}),
@@ -24,8 +26,8 @@ ROLE_CONTEXTS: dict[str, frozenset[str]] = {
 }
 ROLE_EXTRAS: dict[str, frozenset[str]] = {
     "patient": IDENTITY_SCOPES | {LAUNCH_PATIENT},
-    "provider": IDENTITY_SCOPES | {LAUNCH_PATIENT},
-    "staff": IDENTITY_SCOPES | {LAUNCH_PATIENT},
+    "provider": IDENTITY_SCOPES | {LAUNCH_PATIENT, LAUNCH},
+    "staff": IDENTITY_SCOPES | {LAUNCH_PATIENT, LAUNCH},
     "auditor": IDENTITY_SCOPES,
     "admin": IDENTITY_SCOPES,
 }
@@ -54,6 +56,7 @@ def covers(allowed: list[str], token: str) -> bool:
             and have.context == wanted.context
             and have.resource_type in ("*", wanted.resource_type)
             and wanted.permissions <= have.permissions
+            and wanted.filter_within(have)
         ):
             return True
     return False
@@ -66,7 +69,8 @@ def narrow(allowed: list[str], token: str) -> list[str]:
     wanted = _safe_parse(token)
     if wanted is None:
         return []
-    by_type: dict[str, set[str]] = {}
+    # (type, granular filter in scope syntax) -> permissions
+    by_type: dict[tuple[str, str], set[str]] = {}
     for a in allowed:
         have = _safe_parse(a)
         if have is None or have.context != wanted.context:
@@ -77,10 +81,17 @@ def narrow(allowed: list[str], token: str) -> list[str]:
             rtype = wanted.resource_type
         else:
             continue
+        # Granular filters: the narrower of the two; two that neither holds are dropped.
+        if wanted.filter_within(have):
+            query = wanted.query
+        elif have.filter_within(wanted):
+            query = have.query
+        else:
+            continue
         perms = wanted.permissions & have.permissions
         if perms:
-            by_type.setdefault(rtype, set()).update(perms)
-    return [f"{wanted.context}/{t}.{_perm_string(p)}" for t, p in sorted(by_type.items())]
+            by_type.setdefault((rtype, query), set()).update(perms)
+    return [f"{wanted.context}/{t}.{_perm_string(p)}" + (f"?{q}" if q else "") for (t, q), p in sorted(by_type.items())]
 
 
 def for_client(requested: list[str], client_scope: str) -> list[str]:
@@ -111,8 +122,9 @@ def grant(requested: list[str], client_scope: str, role: str) -> list[str]:
 
 
 def needs_patient(scopes: list[str]) -> bool:
-    """A patient must be in context for ``launch/patient`` and for any ``patient/`` scope."""
-    if LAUNCH_PATIENT in scopes:
+    """A patient must be in context for ``launch/patient``, ``launch`` (our EHR launches carry a
+    patient) and for any ``patient/`` scope."""
+    if LAUNCH_PATIENT in scopes or LAUNCH in scopes:
         return True
     return any((rs := _safe_parse(s)) is not None and rs.context == "patient" for s in scopes)
 
@@ -127,6 +139,7 @@ def describe(token: str) -> str:
         "openid": "Confirm who you are (sign-in identity)",
         "fhirUser": "Know which person record belongs to your account",
         "launch/patient": "Know which patient record is being used",
+        "launch": "Know which patient's chart you opened the application from",
         "offline_access": "Keep access after you sign out, until you revoke it",
         "online_access": "Keep access while you stay signed in",
     }
@@ -140,4 +153,22 @@ def describe(token: str) -> str:
     what = "all record types" if rs.resource_type == "*" else f"{rs.resource_type} records"
     whose = "of the selected patient" if rs.context == "patient" else "that you can access"
     joined = ", ".join(actions[:-1]) + (" and " if len(actions) > 1 else "") + actions[-1]
-    return f"{joined[0].upper()}{joined[1:]} {what} {whose}"
+    return f"{joined[0].upper()}{joined[1:]} {what} {whose}{_describe_filters(rs)}"
+
+
+def _describe_value(value: str) -> str:
+    system, bar, code = value.rpartition("|")
+    if bar and not code:
+        return f"any code of {system}"
+    return code
+
+
+def _describe_filters(rs: ResourceScope) -> str:
+    """``, only with category notification or alert`` for a granular scope ('' for none).
+
+    The codes say what a user can judge; systems are left out unless a whole system is named.
+    """
+    if not rs.filters:
+        return ""
+    parts = [f"{name} {' or '.join(_describe_value(v) for v in values)}" for name, values in rs.filters]
+    return ", only with " + " and ".join(parts)

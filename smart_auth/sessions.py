@@ -15,8 +15,9 @@ so an old cookie is worthless on the server. Each sign-in has a ``login_id`` tha
 id regeneration: the grants made in it and its id_tokens (claim ``sid``) name it, so that
 logging out can end them too (:func:`end_login`).
 
-The cookies are HttpOnly, SameSite=Lax, limited to Path=/auth, and Secure when the public
-base URL is https. The FHIR API never touches ``session``, so its responses carry none.
+The cookies are HttpOnly and SameSite=Lax; in production also ``__Host-`` prefixed and
+Secure (``smart_auth.cookie_policy``), which forces Path=/. Only /auth requests open a
+session: the FHIR API never reads these cookies (nor any other), and its responses carry none.
 """
 
 from __future__ import annotations
@@ -39,13 +40,16 @@ from werkzeug.datastructures import CallbackDict
 from fhirserver.config import Settings
 from fhirserver.core.crypto import derive_key, seal, unseal
 from fhirserver.extensions import db
+from smart_auth import cookie_policy
 from smart_auth.hashing import as_utc, sha256_hex, utcnow
 from smart_auth.models import WebSession
 
 log = logging.getLogger(__name__)
+# Base names: production adds the __Host- prefix (smart_auth.cookie_policy).
 COOKIE_NAME = "fhir_auth_session"
 PRE_COOKIE_NAME = "fhir_auth_pre"
-COOKIE_PATH = "/auth"
+# The only paths whose requests open a session (the login server's blueprint).
+SESSION_PATH = "/auth"
 USER_KEY = "uid"
 LOGIN_KEY = "login"
 PRE_LOGIN_SECONDS = 1200
@@ -132,7 +136,9 @@ class DatabaseSessionInterface(SessionInterface):
         self.settings = settings
         self.idle = timedelta(minutes=settings.session_idle_minutes)
         self.absolute = timedelta(hours=settings.session_absolute_hours)
-        self.secure = settings.base_url.lower().startswith("https://")
+        self.cookie_name = cookie_policy.name(COOKIE_NAME, settings)
+        self.pre_cookie_name = cookie_policy.name(PRE_COOKIE_NAME, settings)
+        self.cookie_attributes = cookie_policy.attributes(settings, samesite="Lax")
         self.pre_key = derive_key(settings.secret_key, PRE_PURPOSE)
 
     # -- the sealed pre-login cookie ---------------------------------------------------
@@ -163,14 +169,16 @@ class DatabaseSessionInterface(SessionInterface):
 
     # -- loading --------------------------------------------------------------------
     def open_session(self, app: Flask, request: Request) -> ServerSession:
-        cookie = request.cookies.get(COOKIE_NAME)
+        if request.path != SESSION_PATH and not request.path.startswith(SESSION_PATH + "/"):
+            return ServerSession()  # /fhir and the rest: cookies are not read, nothing is saved
+        cookie = request.cookies.get(self.cookie_name)
         expired = False
         if _valid_cookie(cookie):
             found = self._open_row(cookie or "")
             if found is not None:
                 return found
             expired = True  # the cookie named a session that timed out or was ended
-        pre = self._open_pre(request.cookies.get(PRE_COOKIE_NAME)) or ServerSession()
+        pre = self._open_pre(request.cookies.get(self.pre_cookie_name)) or ServerSession()
         pre.expired = expired
         return pre
 
@@ -200,7 +208,7 @@ class DatabaseSessionInterface(SessionInterface):
 
     # -- saving ---------------------------------------------------------------------
     def _cookie_args(self) -> dict[str, Any]:
-        return {"path": COOKIE_PATH, "httponly": True, "secure": self.secure, "samesite": "Lax"}
+        return dict(self.cookie_attributes)
 
     def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
         if not isinstance(session, ServerSession):
@@ -226,13 +234,13 @@ class DatabaseSessionInterface(SessionInterface):
             return
         if not session:
             if session.pre_created is not None:
-                response.delete_cookie(PRE_COOKIE_NAME, **self._cookie_args())
+                response.delete_cookie(self.pre_cookie_name, **self._cookie_args())
             return
         value = self._seal_pre(session)
         if value is None:
             log.warning("pre-login session too large for its cookie; not kept")
             return
-        response.set_cookie(PRE_COOKIE_NAME, value, max_age=PRE_LOGIN_SECONDS, **self._cookie_args())
+        response.set_cookie(self.pre_cookie_name, value, max_age=PRE_LOGIN_SECONDS, **self._cookie_args())
 
     @staticmethod
     def _needs_database(session: ServerSession) -> bool:
@@ -243,8 +251,8 @@ class DatabaseSessionInterface(SessionInterface):
         if session.end_requested or (not session and not session.new and session.modified):
             if session.id_hash:
                 dbs.execute(delete(WebSession).where(WebSession.id_hash == session.id_hash))
-            response.delete_cookie(COOKIE_NAME, **self._cookie_args())
-            response.delete_cookie(PRE_COOKIE_NAME, **self._cookie_args())
+            response.delete_cookie(self.cookie_name, **self._cookie_args())
+            response.delete_cookie(self.pre_cookie_name, **self._cookie_args())
             return
         # A stale cookie (expired session) is left alone until the session is written again: it
         # maps to nothing, and it lets the login page say why the user has to sign in again.
@@ -271,9 +279,9 @@ class DatabaseSessionInterface(SessionInterface):
                     last_seen_at=now,
                 )
             )
-            response.set_cookie(COOKIE_NAME, value, **self._cookie_args())
+            response.set_cookie(self.cookie_name, value, **self._cookie_args())
             if session.pre_created is not None:
-                response.delete_cookie(PRE_COOKIE_NAME, **self._cookie_args())
+                response.delete_cookie(self.pre_cookie_name, **self._cookie_args())
             return
         dbs.execute(
             update(WebSession)

@@ -3,8 +3,10 @@
 The claims are the contract of docs/architecture.md: ``iss`` = {base}/auth,
 ``sub`` = user account id, ``aud`` = {base}/fhir, ``client_id``, ``scope``, ``exp``,
 ``iat``, ``jti``, ``gid`` (the grant, ``smart_auth.grants``), ``role``, ``fhirUser`` and
-``patient`` (when present). The key id is the RFC 7638 thumbprint of the public key, so
-it changes exactly when the key does. Verification accepts RS256 only (no ``none``, no
+``patient`` (when present). Tokens are signed by the signing key of the key ring
+(``smart_auth.signing_keys``: several configured keys with key ids, rotated by time) and
+verified with the published key their ``kid`` names; a token without a kid, or naming an
+unknown or retired key, is invalid. Verification accepts RS256 only (no ``none``, no
 HMAC confusion) and checks the signature, issuer, audience, expiry, a lifetime
 (``exp - iat``) no longer than the configured maximum, and a ``nbf`` not in the future:
 even a token signed with our own key is refused when its times are out of bounds.
@@ -16,21 +18,22 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
-from joserfc import jwt
+from joserfc import jws, jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import RSAKey
 
 from fhirserver.config import Settings
 from fhirserver.core.ports import TokenRejected
+from smart_auth import signing_keys
 from smart_auth.models import UserAccount
 
-ALG = "RS256"
-MAX_LIFETIME = 3600
+ALG = signing_keys.ALG
+# A key stays published this long after it stopped signing (signing_keys.MAX_TOKEN_LIFETIME).
+MAX_LIFETIME = signing_keys.MAX_TOKEN_LIFETIME
 # Clock skew tolerated for ``iat`` between app instances.
-LEEWAY_SECONDS = 30
+LEEWAY_SECONDS = signing_keys.CLOCK_SKEW_SECONDS
 
 
 class InvalidToken(TokenRejected):
@@ -43,16 +46,24 @@ class SigningKey:
     kid: str
 
 
-@lru_cache(maxsize=4)
-def _load(pem: str) -> SigningKey:
-    key = RSAKey.import_key(pem)
-    return SigningKey(key, key.thumbprint())
-
-
 def signing_key(settings: Settings) -> SigningKey:
-    if not settings.jwt_private_key_pem:
-        raise RuntimeError("JWT_PRIVATE_KEY_PEM is not configured")
-    return _load(settings.jwt_private_key_pem)
+    """The key that signs now (the ring's signer)."""
+    signer = signing_keys.key_ring(settings).signer
+    return SigningKey(signer.key, signer.kid)
+
+
+def _verification_key(token: str, settings: Settings) -> RSAKey:
+    """The published key the token's ``kid`` names (read before the signature is checked)."""
+    try:
+        header = jws.extract_compact(token.encode("ascii")).protected  # parsed only, not trusted yet
+    except (JoseError, ValueError, TypeError, UnicodeError):
+        raise InvalidToken("malformed token") from None
+    if not isinstance(header, dict):
+        raise InvalidToken("malformed token")
+    found = signing_keys.key_ring(settings).verifier(header.get("kid"))
+    if found is None:
+        raise InvalidToken("unknown key")
+    return found.key
 
 
 def sign(settings: Settings, claims: dict[str, Any]) -> str:
@@ -66,10 +77,8 @@ def issuer(settings: Settings) -> str:
 
 
 def jwks(settings: Settings) -> dict[str, Any]:
-    """The public JWKS published at /auth/jwks."""
-    sk = signing_key(settings)
-    public = sk.key.as_dict(private=False)
-    return {"keys": [{**public, "kid": sk.kid, "alg": ALG, "use": "sig"}]}
+    """The public JWKS published at /auth/jwks: the signing key, the next and the retiring ones."""
+    return signing_keys.jwks(settings)
 
 
 def issue_access_token(
@@ -115,8 +124,12 @@ def issue_id_token(
     nonce: str | None = None,
     auth_time: int | None = None,
     sid: str | None = None,
+    with_fhir_user: bool = True,
 ) -> str:
     """An OpenID Connect id_token (SMART ``openid fhirUser``): who signed in, for this client only.
+
+    ``fhirUser`` is included only when the grant has the ``fhirUser`` scope (``with_fhir_user``):
+    a user who unticked it at consent does not hand the app their FHIR identity.
 
     ``fhirUser`` is an absolute URL here (SMART App Launch §scopes: openid), unlike the access
     token's relative reference, which the FHIR server itself reads. ``sid`` names the
@@ -136,7 +149,7 @@ def issue_id_token(
         claims["auth_time"] = auth_time
     if sid:
         claims["sid"] = sid
-    if user.fhir_user:
+    if user.fhir_user and with_fhir_user:
         claims["fhirUser"] = f"{settings.fhir_base}/{user.fhir_user}"
     return sign(settings, claims)
 
@@ -158,9 +171,9 @@ def verify_signature(token: str, settings: Settings) -> dict[str, Any]:
     """
     if not isinstance(token, str) or not token or len(token) > 8192 or token.count(".") != 2:
         raise InvalidToken("malformed token")
-    sk = signing_key(settings)
+    key = _verification_key(token, settings)
     try:
-        decoded = jwt.decode(token, sk.key, algorithms=[ALG])
+        decoded = jwt.decode(token, key, algorithms=[ALG])
     except JoseError as exc:
         name = type(exc).__name__
         if name == "BadSignatureError":
@@ -173,8 +186,6 @@ def verify_signature(token: str, settings: Settings) -> dict[str, Any]:
     header, claims = decoded.header, decoded.claims
     if header.get("alg") != ALG:
         raise InvalidToken("unsupported algorithm")
-    if header.get("kid") not in (None, sk.kid):
-        raise InvalidToken("unknown key")
     for name in ("iss", "sub", "aud", "exp", "iat", "client_id", "scope", "role", "gid"):
         if name not in claims:
             raise InvalidToken("missing claims")
@@ -221,10 +232,9 @@ def verify_id_token_hint(token: str, settings: Settings, client_id: str) -> dict
     """
     if not isinstance(token, str) or not token or len(token) > 8192 or token.count(".") != 2:
         raise InvalidToken("malformed token")
-    sk = signing_key(settings)
     try:
-        decoded = jwt.decode(token, sk.key, algorithms=[ALG])
-    except (JoseError, ValueError, TypeError):
+        decoded = jwt.decode(token, _verification_key(token, settings), algorithms=[ALG])
+    except (JoseError, ValueError, TypeError, InvalidToken):
         raise InvalidToken("bad id_token") from None
     claims = decoded.claims
     if decoded.header.get("alg") != ALG or claims.get("iss") != issuer(settings) or claims.get("aud") != client_id:

@@ -19,7 +19,19 @@ from flask.typing import ResponseReturnValue
 from flask_wtf.csrf import CSRFError, CSRFProtect
 
 from fhirserver.config import Settings
-from smart_auth import authorize_views, clients, discovery, end_session, login_views, tokens
+from fhirserver.core.ports import AllowedOrigins
+from smart_auth import (
+    authorize_views,
+    clients,
+    cors_origins,
+    discovery,
+    end_session,
+    launch_views,
+    login_views,
+    mfa_views,
+    signing_keys,
+    tokens,
+)
 from smart_auth.oauth_server import SmartAuthorizationServer, parse_basic_auth
 from smart_auth.sessions import DatabaseSessionInterface
 from smart_auth.web_support import PENDING_KEY, dbs, error_page, get_state
@@ -30,6 +42,7 @@ from smart_auth.web_support import PENDING_KEY, dbs, error_page, get_state
 # approval form is protected).
 CLIENT_ENDPOINTS = frozenset(
     {"smart_auth.token", "smart_auth.revoke", "smart_auth.introspect", "smart_auth.end_session"}
+    | {"smart_auth.ehr_launch"}  # the console's bearer-token call (smart_auth.launch_views)
 )
 CSRF_EXEMPT = CLIENT_ENDPOINTS | {"smart_auth.authorize"}
 
@@ -39,6 +52,7 @@ class AuthState:
     settings: Settings
     server: SmartAuthorizationServer
     csrf: CSRFProtect
+    origins: AllowedOrigins
 
 
 def _form_action_sources() -> list[str]:
@@ -60,7 +74,6 @@ def _form_action_sources() -> list[str]:
 
 
 def _security_headers(response: Response) -> Response:
-    state = get_state()
     response.headers["Content-Security-Policy"] = (
         "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'; "
         "form-action " + " ".join(dict.fromkeys(_form_action_sources()))
@@ -68,12 +81,12 @@ def _security_headers(response: Response) -> Response:
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["X-Frame-Options"] = "DENY"
     response.headers["Referrer-Policy"] = "no-referrer"
-    if state.settings.base_url.startswith("https://"):
-        response.headers["Strict-Transport-Security"] = "max-age=31536000; includeSubDomains"
+    # HSTS: fhirserver.security_headers, on every path of the origin.
     if request.endpoint == "smart_auth.static":
         response.headers["Cache-Control"] = "public, max-age=3600"
     elif request.endpoint in ("smart_auth.jwks", "smart_auth.openid_configuration"):
-        response.headers["Cache-Control"] = "public, max-age=300"
+        # A new signing key is published at least this long before it signs (signing_keys).
+        response.headers["Cache-Control"] = f"public, max-age={signing_keys.JWKS_MAX_AGE}"
     else:
         response.headers["Cache-Control"] = "no-store"
         response.headers["Pragma"] = "no-cache"
@@ -88,21 +101,27 @@ def _token_request_client_id() -> str | None:
 
 
 def _token_cors(response: Response) -> Response:
-    """CORS for browser-based apps: only the origins of the calling client's redirect URIs."""
+    """CORS for browser-based apps at the token and revocation endpoints (A6): only the
+    origins of the calling client's redirect URIs (plus CORS_ORIGINS). A preflight names
+    no client, so it is answered for the whole allowlist (a cached set, no query); the
+    POST itself is then checked against its client. Introspection is for resource
+    servers, which are confidential and never run in a browser: no CORS there."""
+    response.vary.add("Origin")
     origin = request.headers.get("Origin")
     if not origin:
         return response
-    origin = origin.lower()
+    state = get_state()
     if request.method == "OPTIONS":
-        allowed = origin in clients.registered_origins(dbs())
+        allowed = state.origins.is_allowed(origin)
     else:
         client = clients.get_client(dbs(), _token_request_client_id())
-        allowed = client is not None and any(clients.origin_of(u) == origin for u in clients.redirect_uris(client))
+        allowed = cors_origins.client_allows(client, origin, state.settings)
     if allowed:
-        response.headers["Access-Control-Allow-Origin"] = request.headers["Origin"]
-        response.headers["Access-Control-Allow-Methods"] = "POST"
-        response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
-        response.vary.add("Origin")
+        response.headers["Access-Control-Allow-Origin"] = origin
+        if request.method == "OPTIONS":
+            response.headers["Access-Control-Allow-Methods"] = "POST"
+            response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type, Accept"
+            response.headers["Access-Control-Max-Age"] = "600"
     return response
 
 
@@ -130,7 +149,7 @@ def create_blueprint() -> Blueprint:
 
     @bp.after_request
     def _headers(response: Response) -> Response:
-        if request.endpoint == "smart_auth.token":
+        if request.endpoint in ("smart_auth.token", "smart_auth.revoke"):
             _token_cors(response)
         return _security_headers(response)
 
@@ -185,19 +204,23 @@ def create_blueprint() -> Blueprint:
         return response
 
     login_views.register(bp)
+    mfa_views.register(bp)
     authorize_views.register(bp)
+    launch_views.register(bp)
     return bp
 
 
-def init_auth(app: Flask, settings: Settings) -> None:
-    """Install the login server into ``app`` (the FHIR API app)."""
+def init_auth(app: Flask, settings: Settings, *, origins: AllowedOrigins) -> None:
+    """Install the login server into ``app`` (the FHIR API app); ``origins`` is the CORS
+    allowlist shared with /fhir (one cache per process)."""
     app.config.setdefault("WTF_CSRF_CHECK_DEFAULT", False)  # checked by the /auth blueprint only
     app.config.setdefault("WTF_CSRF_SSL_STRICT", False)  # Referrer-Policy no-referrer: no Referer to check
     app.config.setdefault("WTF_CSRF_TIME_LIMIT", 3600)
     csrf = CSRFProtect(app)
     app.session_interface = DatabaseSessionInterface(settings)
+    signing_keys.key_ring(settings)  # a bad or missing signing key stops the start, not the first login
     server = SmartAuthorizationServer(app, settings)
-    app.extensions["smart_auth"] = AuthState(settings=settings, server=server, csrf=csrf)
+    app.extensions["smart_auth"] = AuthState(settings=settings, server=server, csrf=csrf, origins=origins)
     app.register_blueprint(create_blueprint(), url_prefix="/auth")
     app.add_url_rule("/.well-known/smart-configuration", "smart_configuration", _smart_configuration)
     app.add_url_rule("/fhir/.well-known/smart-configuration", "fhir_smart_configuration", _smart_configuration)

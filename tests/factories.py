@@ -11,6 +11,7 @@ from fhirserver.config import Settings
 from fhirserver.core.principal import Principal, system_principal
 from fhirserver.core.repository import Repository
 from fhirserver.core.scopes import ScopeSet
+from tests import totp
 from tests.support import uid
 
 CATEGORY = {"coding": [{"system": "http://fhir-webmail.example/CodeSystem/communication-category", "code": "webmail"}]}
@@ -136,6 +137,7 @@ def make_practice(session: Session, settings: Settings, *, portal: bool = True, 
     )
     if not portal:
         pat_user.active = False
+    totp.enrol(session, settings, prov_user)  # providers sign in with TOTP (tests/totp.py)
     session.commit()
     provider = Principal(
         role="provider",

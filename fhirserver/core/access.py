@@ -15,7 +15,9 @@ The rules:
 - patients: their own Patient (read only), and the Communications whose subject, sender or
   recipient is their Patient (the R4 patient compartment for Communication);
 - providers: the Patients whose generalPractitioner is them, all the Communications
-  about those patients, and every Communication they sent or received;
+  about those patients, and every Communication they sent or received; and, for reading
+  and searching only, a patient outside their care while they hold a live break-glass
+  grant on them (``fhirserver.break_glass``) with that patient's Communications;
 - staff (medical assistants): what the providers they work for see; they register and
   update those providers' patients' demographics, but never delete a record, send WebMail
   or grant or reset portal access (the WebMail rules and operations refuse the last two);
@@ -23,18 +25,23 @@ The rules:
 - everyone signed in may read the directory (Practitioner, Organization): names of
   the practice's providers are not PHI and patients need them to address mail;
 - ``patient/`` scopes further confine a principal to the compartment of the patient
-  in launch context.
+  in launch context;
+- SMART 2 granular scopes (``?category=system|code``) confine a scope to the resources its
+  filter matches (``fhirserver.core.scope_filters``), for reads, searches and writes alike;
+  the scopes on one type and permission combine as a union.
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, exists, false, or_, select
 
+from fhirserver.core import scope_filters
 from fhirserver.core.errors import FhirError, forbidden
 from fhirserver.core.principal import Principal
-from fhirserver.models import IdxReference, ResourceRow
+from fhirserver.models import BreakGlassGrant, IdxReference, ResourceRow
 
 PHI_TYPES = frozenset({"Patient", "Communication"})
 DIRECTORY_TYPES = frozenset({"Practitioner", "Organization"})
@@ -57,6 +64,10 @@ def check_interaction(p: Principal, res_type: str, perm: str) -> None:
     if res_type in AUDIT_TYPES and perm not in READ_PERMS:
         raise FhirError(405, "not-supported", "AuditEvents are written by the server only")
     if p.is_system:
+        # A backend service (or the server itself, system/*.cruds) may do exactly what its
+        # system/ scopes name, on every record of those types.
+        if "system" not in p.scopes.contexts_for(res_type, perm):
+            raise forbidden(f"The access token does not grant this interaction on {res_type}")
         return
     if res_type in AUDIT_TYPES and p.role != "auditor":
         raise forbidden("Only auditors may read AuditEvents")
@@ -122,7 +133,21 @@ def _care_practitioners(p: Principal) -> list[str]:
     return []
 
 
-def _role_conditions(p: Principal, res_type: str) -> list[ColumnElement[bool]]:
+def break_glass_patients(user_id: str) -> Any:
+    """A subquery of the ids of the Patients a live break-glass grant of ``user_id`` opens.
+
+    Live: not revoked and not yet expired, by the server's clock at the time of the
+    query, so an expired or revoked grant closes the compartment at the next request.
+    """
+    now = datetime.now(UTC)
+    return select(BreakGlassGrant.patient_id).where(
+        BreakGlassGrant.user_id == user_id,
+        BreakGlassGrant.expires_at > now,
+        BreakGlassGrant.revoked_at.is_(None),
+    )
+
+
+def _role_conditions(p: Principal, res_type: str, perm: str = "r") -> list[ColumnElement[bool]]:
     if p.is_system or res_type in DIRECTORY_TYPES or res_type in AUDIT_TYPES:
         return []
     if p.role == "patient":
@@ -131,16 +156,49 @@ def _role_conditions(p: Principal, res_type: str) -> list[ColumnElement[bool]]:
     pracs = _care_practitioners(p)
     if not pracs:
         return [false()]
+    # Break-glass opens a patient's compartment to the provider for reading and searching
+    # only: writes keep the normal rules (no becoming their primary provider, no delete).
+    glass = p.role == "provider" and p.user_id is not None and perm in READ_PERMS
     if res_type == "Patient":
-        return [ResourceRow.res_id.in_(_patients_of(pracs))]
+        mine = ResourceRow.res_id.in_(_patients_of(pracs))
+        return [or_(mine, ResourceRow.res_id.in_(break_glass_patients(p.user_id or "")))] if glass else [mine]
     if res_type == "Communication":
         return [
             or_(
                 _ref_exists("Communication", COMMUNICATION_PARTY_PARAMS, "Practitioner", pracs),
                 _ref_exists("Communication", ("subject",), "Patient", _patients_of(pracs)),
+                *(
+                    [_ref_exists("Communication", ("subject",), "Patient", break_glass_patients(p.user_id or ""))]
+                    if glass
+                    else []
+                ),
             )
         ]
     return [false()]
+
+
+def audit_purpose(session: Any, p: Principal, patient_ref: str | None, res_type: str | None) -> str:
+    """The purposeOfUse of one interaction for its AuditEvent: ETREAT when it went through break-glass.
+
+    A provider's interaction about a patient outside their care while a break-glass grant on
+    that patient is live is emergency treatment; so is a search on patient data while any
+    of their grants is live (its results may include such a patient, and the AuditEvent of
+    a search names no patient). Everything else keeps the principal's purpose.
+    """
+    if p.role != "provider" or not p.user_id or res_type not in PHI_TYPES:
+        return p.purpose_of_use
+    live = set(session.execute(break_glass_patients(p.user_id)).scalars())
+    if not live:
+        return p.purpose_of_use
+    ref = _split(patient_ref)
+    if ref is None:
+        return "ETREAT"
+    if ref[0] != "Patient" or ref[1] not in live:
+        return p.purpose_of_use
+    in_care = session.execute(
+        _patients_of(_care_practitioners(p)).where(IdxReference.res_id == ref[1]).limit(1)
+    ).first()
+    return p.purpose_of_use if in_care else "ETREAT"
 
 
 def _patient_compartment(res_type: str, pid: str) -> list[ColumnElement[bool]]:
@@ -151,15 +209,55 @@ def _patient_compartment(res_type: str, pid: str) -> list[ColumnElement[bool]]:
     return []
 
 
+def _compartment_confines(p: Principal, res_type: str) -> bool:
+    """Whether a ``patient/`` scope adds the patient compartment to the role's own rules.
+
+    Patients' role rules are their compartment already; system principals have no patient.
+    """
+    return not p.is_system and p.role != "patient" and res_type in PHI_TYPES
+
+
+def _scope_conditions(p: Principal, res_type: str, perm: str) -> list[ColumnElement[bool]]:
+    """What the principal's scopes on this type and permission reach, as one condition.
+
+    Scopes combine as a union: a row reached by any of them is reached. Each scope reaches
+    the rows its granular filter matches (``?category=...``; unfiltered: all), inside the
+    patient compartment for a ``patient/`` scope of a provider or staff token. One scope
+    that reaches everything the role allows (an unfiltered ``user/`` or ``system/`` one, or
+    a ``patient/`` one where the role rules are the compartment) needs no condition at all.
+    Without a covering scope nothing is added: ``check_interaction`` has refused already.
+    """
+    confine = _compartment_confines(p, res_type)
+    keys = dict.fromkeys((confine and s.context == "patient", s.filters) for s in p.scopes.covering(res_type, perm))
+    if not keys or any(not compartment and not filters for compartment, filters in keys):
+        return []
+    pid = _patient_context(p)
+    terms: list[ColumnElement[bool]] = []
+    for compartment, filters in keys:
+        parts: list[ColumnElement[bool]] = []
+        if compartment:
+            parts += _patient_compartment(res_type, pid) if pid else [false()]
+        if filters:
+            parts.append(scope_filters.condition(res_type, filters))
+        if not parts:
+            return []  # a type with no compartment yet: the role rules alone, as before
+        terms.append(and_(*parts) if len(parts) > 1 else parts[0])
+    return [terms[0] if len(terms) == 1 else or_(*terms)]
+
+
+def scope_conditions(p: Principal, res_type: str, perm: str = "r") -> list[ColumnElement[bool]]:
+    """Only what the scopes add (granular filters, a patient compartment), without the role rules.
+
+    For queries already confined to the principal's own rows by construction (the unread count
+    counts mail addressed to the user): empty for unfiltered scopes, so the hot path pays nothing.
+    """
+    return _scope_conditions(p, res_type, perm)
+
+
 def row_conditions(p: Principal, res_type: str, perm: str = "r") -> list[ColumnElement[bool]]:
-    """The SQL conditions on ``resource`` that confine reads and searches to the grant."""
-    conds = _role_conditions(p, res_type)
-    if not p.is_system and p.role != "patient" and res_type in PHI_TYPES:
-        contexts = p.scopes.contexts_for(res_type, perm)
-        if contexts == {"patient"}:
-            pid = _patient_context(p)
-            conds = conds + (_patient_compartment(res_type, pid) if pid else [false()])
-    return conds
+    """The SQL conditions on ``resource`` that confine reads and searches to the grant:
+    the role's rules AND the union of the principal's scopes (compartment, granular filters)."""
+    return _role_conditions(p, res_type, perm) + _scope_conditions(p, res_type, perm)
 
 
 def can_see(session: Any, p: Principal, res_type: str, res_id: str, perm: str = "r") -> bool:
@@ -179,8 +277,49 @@ def _refs(data: dict[str, Any], key: str) -> list[str]:
     return [i["reference"] for i in items if isinstance(i, dict) and isinstance(i.get("reference"), str)]
 
 
-def content_in_grant(p: Principal, res_type: str, res_id: str, data: dict[str, Any]) -> bool:
-    """Whether a resource with this content would be visible to ``p`` (checked before a write)."""
+def _content_in_compartment(res_type: str, res_id: str, data: dict[str, Any], pid: str | None) -> bool:
+    if pid is None:
+        return False
+    if res_type == "Patient":
+        return res_id == pid
+    if res_type == "Communication":
+        refs = set(_refs(data, "sender")) | set(_refs(data, "recipient")) | set(_refs(data, "subject"))
+        return f"Patient/{pid}" in refs
+    return False
+
+
+def _scopes_admit_content(
+    p: Principal, res_type: str, res_id: str, data: dict[str, Any], perms: tuple[str, ...]
+) -> bool:
+    """Granular scopes confine writes too: the written resource must match a filter.
+
+    For each write permission the principal holds filtered scopes for, one of its scopes
+    on that permission must admit the content (its filter matches the resource as it will
+    be indexed, and a ``patient/`` scope's compartment holds it); an unfiltered one admits
+    whatever the role rules do. Permissions are checked one by one, so a filtered ``.rs``
+    beside an unfiltered ``.c`` leaves creating unfiltered.
+    """
+    confine = _compartment_confines(p, res_type)
+    in_compartment = _content_in_compartment(res_type, res_id, data, _patient_context(p))
+    for perm in perms:
+        scopes = p.scopes.covering(res_type, perm)
+        if not any(s.filters for s in scopes):
+            continue  # the role rules below decide, exactly as without granular scopes
+        admitted = [s for s in scopes if in_compartment or not (confine and s.context == "patient")]
+        if not any(scope_filters.matches(res_type, s.filters, data) for s in admitted):
+            return False
+    return True
+
+
+def content_in_grant(
+    p: Principal, res_type: str, res_id: str, data: dict[str, Any], *, perm: str | None = None
+) -> bool:
+    """Whether a resource with this content would be visible to ``p`` (checked before a write).
+
+    ``perm`` is the write (``c`` or ``u``); without it both are checked, which never widens.
+    """
+    if not _scopes_admit_content(p, res_type, res_id, data, (perm,) if perm else ("c", "u")):
+        return False
     if p.is_system or res_type in DIRECTORY_TYPES:
         return True
     pid = _patient_context(p) if (p.role == "patient" or p.patient) else None
@@ -207,6 +346,8 @@ def content_in_grant(p: Principal, res_type: str, res_id: str, data: dict[str, A
     return False
 
 
-def require_content_in_grant(p: Principal, res_type: str, res_id: str, data: dict[str, Any]) -> None:
-    if not content_in_grant(p, res_type, res_id, data):
+def require_content_in_grant(
+    p: Principal, res_type: str, res_id: str, data: dict[str, Any], *, perm: str | None = None
+) -> None:
+    if not content_in_grant(p, res_type, res_id, data, perm=perm):
         raise forbidden("The resource would lie outside what this user may access")

@@ -66,8 +66,9 @@ def capability_statement(settings: Settings) -> dict[str, Any]:
             "interaction": _interactions(rtype),
             "versioning": "versioned",
             "readHistory": True,
-            # Update-as-create (a client-chosen id) is for system principals only, not users.
-            "updateCreate": False,
+            # Update-as-create (a client-chosen id) works for system principals (backend
+            # services with system/ scopes) only: a user's PUT of an unknown id is 404.
+            "updateCreate": True,
             "conditionalCreate": False,
             "conditionalUpdate": False,
             "conditionalDelete": "not-supported",
@@ -90,8 +91,8 @@ def capability_statement(settings: Settings) -> dict[str, Any]:
             {
                 "mode": "server",
                 "security": {
-                    # The API sends no CORS headers yet (browser apps are a later issue): say so.
-                    "cors": False,
+                    # Browser apps on a registered origin may call the API (fhirserver.web.cors).
+                    "cors": True,
                     "service": [
                         {
                             "coding": [

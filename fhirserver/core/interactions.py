@@ -12,11 +12,12 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 from fhirserver.core import access
-from fhirserver.core.errors import FhirError
+from fhirserver.core.errors import FhirError, not_found
 from fhirserver.core.hooks import ENTRY_DECORATORS, OPERATIONS
 from fhirserver.core.http import FhirResponse
 from fhirserver.core.instants import instant
 from fhirserver.core.stored import Stored
+from fhirserver.core.validation import ID_RE
 
 if TYPE_CHECKING:
     from fhirserver.core.router import Call
@@ -185,6 +186,15 @@ def _operation(call: Call, level: str) -> FhirResponse:
         raise FhirError(405, "not-supported", f"{name} {verb}")
     # Every operation declares the permission it needs on its type; checked before it runs.
     access.check_interaction(call.principal, res_type, op.permission)
+    rid = call.params.get("id", "")
+    if level == "instance" and op.permission not in access.READ_PERMS and ID_RE.match(rid):
+        # A state-changing operation on a record its caller may read but not write (a
+        # break-glass grant opens records for reading only) is answered 404, as writes are.
+        p = call.principal
+        if access.can_see(call.session, p, res_type, rid) and not access.can_see(
+            call.session, p, res_type, rid, op.permission
+        ):
+            raise not_found(res_type, rid)
     return op.handler(call)
 
 

@@ -1,14 +1,16 @@
-"""The two interfaces through which the FHIR server reaches accounts and tokens.
+"""The interfaces through which the FHIR server reaches accounts, tokens and clients.
 
 Dependencies point one way: ``smart_auth`` (accounts, OAuth) imports the FHIR server's
 configuration, database, scopes and audit; ``fhirserver`` never imports ``smart_auth``.
-What the FHIR side needs from accounts is written down here as two small protocols,
+What the FHIR side needs from accounts is written down here as small protocols,
 and the composition roots (``fhirserver.app``, ``fhirserver.cli``, ``fhirserver.seed``)
 wire ``smart_auth``'s implementations in:
 
 - :class:`TokenAuthority` - from a bearer token to a live identity. It is handed to the
   ``/fhir`` blueprint by the app factory (per app), and it checks the token's grant on
   every request, so revocation takes effect at once.
+- :class:`AllowedOrigins` - which browser origins CORS allows on ``/fhir``; handed to
+  the ``/fhir`` blueprint by the app factory, like the token check.
 - :class:`PortalAccounts` - the state of a patient's portal account, and granting or
   resetting it. The WebMail rules run wherever a Communication is written (web, CLI,
   seed, tests), so this one is installed per process with :func:`install_portal_accounts`.
@@ -46,6 +48,18 @@ class Identity:
 class TokenAuthority(Protocol):
     def authenticate(self, session: Session, token: str) -> Identity:
         """Verify ``token`` and check that its grant is live; raise TokenRejected otherwise."""
+        ...
+
+
+class AllowedOrigins(Protocol):
+    """The browser origins that CORS lets read the API's answers (docs/security.md, A6).
+
+    The allowlist is the origins of every registered client's redirect URIs plus
+    ``Settings.cors_origins``; clients are registered on the login side, hence a port.
+    """
+
+    def is_allowed(self, origin: str) -> bool:
+        """True when ``origin`` (an ``Origin`` header's value) may read cross-origin answers."""
         ...
 
 

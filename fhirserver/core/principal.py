@@ -30,7 +30,13 @@ class Principal:
 
     @property
     def is_system(self) -> bool:
+        """A system principal: the server itself, or a backend service with a system/ token."""
         return self.role == "system"
+
+    @property
+    def is_server(self) -> bool:
+        """The server's own work (seed, CLI, worker): a system principal without an access token."""
+        return self.role == "system" and self.token_jti is None
 
 
 def system_principal(reason: str = "system") -> Principal:

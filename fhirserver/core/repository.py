@@ -190,7 +190,7 @@ class Repository:
         ctx = self._context(res_type, new_id, data, None)
         validate_resource(res_type, {**data, "id": new_id})
         self._run(BEFORE_WRITE, ctx)
-        access.require_content_in_grant(self.principal, res_type, new_id, ctx.data)
+        access.require_content_in_grant(self.principal, res_type, new_id, ctx.data, perm="c")
         ctx.stored = self._store(ctx, 1, "POST", None)
         self._run(AFTER_WRITE, ctx)
         return ctx.stored
@@ -226,7 +226,7 @@ class Repository:
         ctx = self._context(res_type, res_id, data, old)
         validate_resource(res_type, data)
         self._run(BEFORE_WRITE, ctx)
-        access.require_content_in_grant(self.principal, res_type, res_id, ctx.data)
+        access.require_content_in_grant(self.principal, res_type, res_id, ctx.data, perm="u")
         ctx.stored = self._store(ctx, row.version_id + 1, "PUT", row)
         self._run(AFTER_WRITE, ctx)
         return ctx.stored, False

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from fhirserver.config import Settings
-from fhirserver.core import audit, capability, interactions
+from fhirserver.core import access, audit, capability, interactions
 from fhirserver.core.errors import FhirError
 from fhirserver.core.http import FhirRequest, FhirResponse
 from fhirserver.core.principal import Principal
@@ -144,9 +144,12 @@ def _audit(call: Call, status: int) -> None:
     rtype = call.res_type
     if rtype is None:
         return
+    # Break-glass access is recorded as emergency treatment (access.audit_purpose decides).
+    purpose = access.audit_purpose(call.session, call.principal, call.patient_ref, rtype)
+    principal = replace(call.principal, purpose_of_use=purpose)
     audit.rest_event(
         call.session,
-        call.principal,
+        principal,
         interaction=call.interaction,
         status=status,
         res_type=rtype,

@@ -25,10 +25,11 @@ from werkzeug.routing import BaseConverter
 from fhirserver.core import audit
 from fhirserver.core.errors import FhirError
 from fhirserver.core.http import FhirRequest, FhirResponse
-from fhirserver.core.ports import TokenAuthority
+from fhirserver.core.ports import AllowedOrigins, TokenAuthority
 from fhirserver.core.router import dispatch, error_response, match
 from fhirserver.extensions import db
 from fhirserver.web.bearer import principal_from_header
+from fhirserver.web.cors import install_cors
 
 log = logging.getLogger(__name__)
 REQUEST_ID = re.compile(r"^[A-Za-z0-9\-_.]{1,64}$")
@@ -77,9 +78,18 @@ class AnyPathConverter(BaseConverter):
 METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH"]
 
 
-def create_fhir_blueprint(tokens: TokenAuthority) -> Blueprint:
-    """The /fhir blueprint; ``tokens`` verifies bearer tokens and checks their grants."""
+class NoOrigins:
+    """An empty CORS allowlist: only the discovery documents answer other origins."""
+
+    def is_allowed(self, origin: str) -> bool:
+        return False
+
+
+def create_fhir_blueprint(tokens: TokenAuthority, origins: AllowedOrigins | None = None) -> Blueprint:
+    """The /fhir blueprint; ``tokens`` verifies bearer tokens and checks their grants,
+    ``origins`` says which browser origins CORS allows (fhirserver.web.cors)."""
     bp = Blueprint("fhir", __name__)
+    install_cors(bp, origins or NoOrigins())
 
     @bp.record_once
     def _converter(state: object) -> None:

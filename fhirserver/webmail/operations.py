@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from fhirserver.core import audit, ports
+from fhirserver.core import access, audit, ports
 from fhirserver.core.errors import FhirError, Issue, forbidden
 from fhirserver.core.http import FhirResponse
 from fhirserver.core.interactions import patient_ref_of
@@ -73,7 +73,8 @@ def unread_count(call: Call) -> FhirResponse:
     if not p.user_id:
         raise forbidden("The unread count belongs to a signed-in user")
     recipients = [p.fhir_user] if p.fhir_user else list(p.staff_of)
-    count = read_state.unread_count(call.session, p.user_id, [r for r in recipients if r])
+    grant = access.scope_conditions(p, "Communication", "r")
+    count = read_state.unread_count(call.session, p.user_id, [r for r in recipients if r], grant)
     return FhirResponse.json(200, _parameters({"name": "count", "valueInteger": count}))
 
 
@@ -99,7 +100,9 @@ PORTAL_ROLES = ("provider", "system")  # staff may not: docs/security.md, "Staff
 def _portal_patient(call: Call) -> dict[str, Any]:
     """The Patient of a portal-access operation: providers (and the server) only, inside the grant."""
     p = call.principal
-    if p.role not in PORTAL_ROLES:
+    # Backend services hold system/ tokens but never receive a patient's one-time password:
+    # only providers, and the server itself (seed, CLI), hand out portal credentials.
+    if p.role not in PORTAL_ROLES or (p.is_system and not p.is_server):
         raise forbidden("Only providers grant or reset portal access")
     stored = call.repo.read("Patient", call.params["id"])
     call.patient_ref = f"Patient/{stored.res_id}"

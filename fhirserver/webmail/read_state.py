@@ -6,9 +6,10 @@ cache), so it is exact the moment a message commits or is read.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from sqlalchemy import Select, and_, delete, exists, func, or_, select
+from sqlalchemy import ColumnElement, Select, and_, delete, exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from fhirserver.models import IdxReference, IdxToken, ReadState, ResourceRow
@@ -31,13 +32,17 @@ def mark_unread(session: Session, communication_id: str, user_id: str) -> None:
     )
 
 
-def unread_query(user_id: str, recipient_refs: list[str]) -> Select[tuple[int]]:
+def unread_query(
+    user_id: str, recipient_refs: list[str], grant_conditions: Sequence[ColumnElement[bool]] = ()
+) -> Select[tuple[int]]:
     """The live count of WebMail addressed to any of ``recipient_refs`` that this user has not read.
 
     Driven by the recipient lookup index; every other condition is a probe of one message's own
     rows. ``param || ''`` keeps those probes on the owner indexes: without statistics SQLite would
     otherwise pick the ``(res_type, param, code)`` lookup index and read every WebMail message's
     category row for each message counted (see ``fhirserver.search.query._probe``).
+    ``grant_conditions`` are what the token's scopes add (granular filters): a message the
+    grant cannot read is not counted either.
     """
     by_type: dict[str, list[str]] = {}
     for ref in recipient_refs:
@@ -55,6 +60,7 @@ def unread_query(user_id: str, recipient_refs: list[str]) -> Select[tuple[int]]:
                 ResourceRow.res_type == "Communication",
                 ResourceRow.res_id == IdxReference.res_id,
                 ResourceRow.deleted.is_(False),
+                *grant_conditions,
             )
         ),
         exists(
@@ -83,11 +89,13 @@ def unread_query(user_id: str, recipient_refs: list[str]) -> Select[tuple[int]]:
     )
 
 
-def unread_count(session: Session, user_id: str, recipient_refs: list[str]) -> int:
-    """WebMail addressed to any of ``recipient_refs`` that this user has not read."""
+def unread_count(
+    session: Session, user_id: str, recipient_refs: list[str], grant_conditions: Sequence[ColumnElement[bool]] = ()
+) -> int:
+    """WebMail addressed to any of ``recipient_refs`` that this user has not read (inside the grant)."""
     if not recipient_refs:
         return 0
-    return int(session.execute(unread_query(user_id, recipient_refs)).scalar_one())
+    return int(session.execute(unread_query(user_id, recipient_refs, grant_conditions)).scalar_one())
 
 
 def read_receipts(session: Session, user_id: str | None, ids: list[str]) -> dict[str, tuple[bool, bool]]:

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from fhirserver.config import Settings
 from smart_auth import accounts, clients
+from tests import totp
 from tests.support import uid
 
 PASSWORD = "correct horse battery staple"
@@ -46,7 +47,10 @@ def make_user(
     must_change: bool = False,
     staff_of: tuple[str, ...] = (),
     prefix: str = "user",
+    enrol_mfa: bool | None = None,
 ) -> Any:
+    """A user; providers and staff get an authenticator with a known secret (tests/totp.py)
+    unless ``enrol_mfa=False``, so that ``login`` answers the second factor for them."""
     if fhir_user is None and role == "patient":
         fhir_user = f"Patient/p{uid()}"
     if fhir_user is None and role == "provider":
@@ -62,6 +66,8 @@ def make_user(
         must_change_password=must_change,
         staff_of=staff_of,
     )
+    if enrol_mfa or (enrol_mfa is None and role in ("provider", "staff")):
+        totp.enrol(session, settings, user)
     session.commit()
     return user
 
@@ -114,11 +120,24 @@ def csrf_from(html: bytes | str) -> str:
 
 
 def login(web: Any, username: str, password: str = PASSWORD) -> Any:
-    """GET the login form, POST it with its CSRF token; returns the POST response (not followed)."""
+    """GET the login form, POST it with its CSRF token; returns the POST response (not followed).
+
+    When the password leads to the second factor and the user's authenticator is known
+    (tests/totp.py), the code is given too and the answer of that POST is returned.
+    """
     page = web.get("/auth/login")
-    return web.post(
-        "/auth/login", data={"csrf_token": csrf_from(page.data), "username": username, "password": password}
-    )
+    r = web.post("/auth/login", data={"csrf_token": csrf_from(page.data), "username": username, "password": password})
+    if r.status_code == 303 and totp.needs_code(r.headers["Location"]) and username in totp.SECRETS:
+        r = answer_mfa(web, username)
+    return r
+
+
+def answer_mfa(web: Any, username: str, code: str | None = None) -> Any:
+    """POST the second-factor form (the user's next code unless ``code``); returns the answer."""
+    page = web.get("/auth/mfa")
+    assert page.status_code == 200, page.data[:300]
+    value = code if code is not None else totp.code_for(username)
+    return web.post("/auth/mfa", data={"csrf_token": csrf_from(page.data), "code": value})
 
 
 def authorize_params(

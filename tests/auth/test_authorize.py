@@ -141,7 +141,7 @@ def test_malformed_scope_is_invalid_scope(web, db_session, settings, patient) ->
     client_app = make_client(db_session)
     _signed_in(web, patient)
     _, challenge = pkce_pair()
-    for scope in ("patient/Patient.dus", "patient/Patient", "patient/Communication.rs?category=x", ""):
+    for scope in ("patient/Patient.dus", "patient/Patient", "patient/Communication.rs?status=x", ""):
         r = web.get("/auth/authorize", query_string=authorize_params(settings, client_app, scope, challenge))
         q = query_of(r.headers["Location"])
         assert q["error"] == "invalid_scope" and "code" not in q, scope

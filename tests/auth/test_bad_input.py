@@ -20,7 +20,8 @@ def _basic(raw: bytes) -> dict[str, str]:
         ({"json": {"grant_type": "authorization_code", "code": "x"}}, 400, "unsupported_grant_type"),
         ({"data": b"\xff\xfe\x00garbage", "content_type": "application/x-www-form-urlencoded"}, 400, None),
         ({"data": {"grant_type": "password", "username": "a", "password": "b"}}, 400, "unsupported_grant_type"),
-        ({"data": {"grant_type": "client_credentials"}}, 400, "unsupported_grant_type"),
+        # Supported for backend services (private_key_jwt): without an assertion, no client.
+        ({"data": {"grant_type": "client_credentials"}}, 400, "invalid_client"),
         ({"data": {"grant_type": "authorization_code"}}, None, "invalid_client"),
         ({"data": {"grant_type": "authorization_code", "client_id": "nobody", "code": "c"}}, None, "invalid_client"),
         ({"data": {"grant_type": "refresh_token", "client_id": "nobody"}}, None, "invalid_client"),

@@ -88,7 +88,7 @@ def test_F4_a_new_128_bit_session_id_at_sign_in(app, db_session, settings) -> No
     user = make_user(db_session, settings)
     web = new_web_client(app)
     login(web, user.username)
-    value = web.get_cookie(COOKIE, path="/auth").value
+    value = web.get_cookie(COOKIE, path="/").value
     assert len(value) >= 43  # 32 random bytes, URL-safe: 256 bits
 
 
@@ -119,10 +119,10 @@ def test_F4_logout_ends_the_session_on_the_server_and_the_old_cookie_is_dead(app
     user = make_user(db_session, settings)
     web = new_web_client(app)
     login(web, user.username)
-    value = web.get_cookie(COOKIE, path="/auth").value
+    value = web.get_cookie(COOKIE, path="/").value
     web.post("/auth/logout", data={"csrf_token": csrf_from(web.get("/auth/logout").data)})
     replay = new_web_client(app)
-    replay.set_cookie(COOKIE, value, path="/auth")
+    replay.set_cookie(COOKIE, value, path="/")
     assert replay.get("/auth/").status_code == 302
 
 

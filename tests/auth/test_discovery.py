@@ -20,7 +20,7 @@ def test_smart_configuration(client, settings, path, accept) -> None:
     assert doc["jwks_uri"] == f"{base}/auth/jwks"
     assert doc["code_challenge_methods_supported"] == ["S256"]
     assert doc["response_types_supported"] == ["code"]
-    assert set(doc["grant_types_supported"]) == {"authorization_code", "refresh_token"}
+    assert set(doc["grant_types_supported"]) == {"authorization_code", "refresh_token", "client_credentials"}
     assert {"client_secret_basic", "client_secret_post"} <= set(doc["token_endpoint_auth_methods_supported"])
     assert doc["issuer"] == f"{base}/auth"  # with sso-openid-connect (A3)
     caps = set(doc["capabilities"])
@@ -38,8 +38,9 @@ def test_smart_configuration(client, settings, path, accept) -> None:
         "sso-openid-connect",
     } <= caps
     # Nothing we cannot do.
-    assert not caps & {"launch-ehr", "client-confidential-asymmetric", "context-ehr-patient", "context-ehr-encounter"}
-    assert "launch/patient" in doc["scopes_supported"]
+    assert not caps & {"context-ehr-encounter"}  # we serve no Encounter
+    assert {"launch-ehr", "context-ehr-patient", "context-banner", "context-style"} <= caps  # A5, A10, A14
+    assert {"launch", "launch/patient"} <= set(doc["scopes_supported"])
     for key in ("authorization_endpoint", "token_endpoint", "jwks_uri"):
         assert doc[key].startswith(("http://", "https://"))
 

@@ -8,9 +8,9 @@ from typing import Any
 import time_machine
 from sqlalchemy import select
 
-from smart_auth import codes, grants, housekeeping, refresh_tokens, throttle
+from smart_auth import codes, grants, housekeeping, launch, refresh_tokens, throttle
 from smart_auth.hashing import sha256_hex, utcnow
-from smart_auth.models import AuthorizationCode, LoginThrottle, OAuthGrant, RefreshToken, WebSession
+from smart_auth.models import AssertionJti, AuthorizationCode, LoginThrottle, OAuthGrant, RefreshToken, WebSession
 from tests.auth.support import make_user
 from tests.support import uid
 
@@ -84,15 +84,21 @@ def test_purge_deletes_what_is_dead_and_keeps_what_is_alive(db_session, settings
     redeemed_live_grant = _code(db_session, user.id, expired_for=timedelta(hours=2), grant_id=fresh_grant.id)
     redeemed_gone_grant = _code(db_session, user.id, expired_for=timedelta(hours=2), grant_id=dead_grant.id)
     recent_code = _code(db_session, user.id, expired_for=timedelta(minutes=1), grant_id=None)
+    with time_machine.travel(utcnow() - timedelta(hours=1), tick=False):  # an EHR launch id, long expired
+        launch.create(db_session, launch.NewLaunch(user_id=user.id, login_id="l", client_id="c", patient_id="p"))
     name = f"user{uid()}"
     with time_machine.travel(utcnow() - timedelta(days=1), tick=False):
         throttle.record_failure(db_session, settings, throttle.Attempt(f"old{name}", "10.1.1.1"))
     throttle.record_failure(db_session, settings, throttle.Attempt(name, "10.1.1.2"))
+    # Backend-service assertion jtis: one past its exp (replay impossible), one still live.
+    dead_jti, live_jti = sha256_hex(uid()), sha256_hex(uid())
+    db_session.add(AssertionJti(client_id="c", jti_hash=dead_jti, expires_at=utcnow() - timedelta(seconds=1)))
+    db_session.add(AssertionJti(client_id="c", jti_hash=live_jti, expires_at=utcnow() + timedelta(minutes=4)))
     db_session.commit()
 
     counts = housekeeping.purge(db_session, settings)
     db_session.commit()
-    assert set(counts) == {"sessions", "refresh_tokens", "grants", "codes", "throttle"}
+    assert {"sessions", "refresh_tokens", "grants", "codes", "throttle", "launches", "assertion_jtis"} <= set(counts)
     assert all(v >= 1 for v in counts.values()), counts
 
     def present(model: Any, key: Any) -> bool:
@@ -107,6 +113,7 @@ def test_purge_deletes_what_is_dead_and_keeps_what_is_alive(db_session, settings
     # A redeemed code stays while its grant can be revoked by a replay of it.
     assert present(AuthorizationCode, redeemed_live_grant) and present(AuthorizationCode, recent_code)
     assert not present(AuthorizationCode, unredeemed) and not present(AuthorizationCode, redeemed_gone_grant)
+    assert present(AssertionJti, ("c", live_jti)) and not present(AssertionJti, ("c", dead_jti))
     keys = set(db_session.execute(select(LoginThrottle.key)).scalars())
     assert throttle.pair_key(name, "10.1.1.2") in keys and throttle.pair_key(f"old{name}", "10.1.1.1") not in keys
     db_session.rollback()
@@ -123,4 +130,4 @@ def test_the_purge_runs_on_the_beat_schedule_every_ten_minutes(settings, tmp_pat
     assert schedule[PURGE_TASK] == 600.0 and PURGE_TASK in app.tasks
     # Eagerly, the task really purges this database.
     result = app.tasks[PURGE_TASK].apply().get()
-    assert set(result) == {"sessions", "refresh_tokens", "grants", "codes", "throttle"}
+    assert {"sessions", "refresh_tokens", "grants", "codes", "throttle", "launches"} <= set(result)

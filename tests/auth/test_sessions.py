@@ -13,7 +13,7 @@ from tests.auth.support import COOKIE, build_app, csrf_from, login, make_user, n
 
 
 def _cookie(web):
-    c = web.get_cookie(COOKIE, path="/auth")
+    c = web.get_cookie(COOKIE, path="/")
     return c.value if c is not None else None
 
 
@@ -36,7 +36,7 @@ def test_cookie_flags_and_only_a_hash_in_the_table(app, db_session, settings) ->
     pre = _set_cookie(web.get("/auth/login"), PRE_COOKIE)
     r = login(web, user.username)
     header = _set_cookie(r, COOKIE)
-    for flag in ("HttpOnly", "Path=/auth", "SameSite=Lax"):
+    for flag in ("HttpOnly", "Path=/", "SameSite=Lax"):
         assert flag in header and flag in pre
     assert "Secure" not in header  # base_url is http in tests (see the https test below)
     value = _cookie(web)
@@ -62,11 +62,11 @@ def test_login_issues_a_new_session_id(app, db_session, settings) -> None:
     user = make_user(db_session, settings)
     web = new_web_client(app)
     web.get("/auth/login")
-    before = web.get_cookie(PRE_COOKIE, path="/auth").value  # the anonymous session, sealed
+    before = web.get_cookie(PRE_COOKIE, path="/").value  # the anonymous session, sealed
     login(web, user.username)
     after = _cookie(web)
     assert before and after and before != after
-    assert web.get_cookie(PRE_COOKIE, path="/auth") is None
+    assert web.get_cookie(PRE_COOKIE, path="/") is None
     assert _row(db_session, before) is None
     row = _row(db_session, after)
     assert row is not None and row["user_id"] == user.id
@@ -77,7 +77,7 @@ def test_a_planted_session_cookie_is_not_adopted_at_login(app, db_session, setti
     user = make_user(db_session, settings)
     web = new_web_client(app)
     planted = "x" * 43
-    web.set_cookie(COOKIE, planted, path="/auth")
+    web.set_cookie(COOKIE, planted, path="/")
     login(web, user.username)
     assert _cookie(web) != planted and _row(db_session, planted) is None
 
@@ -108,12 +108,12 @@ def test_the_pending_request_rides_in_a_sealed_cookie_until_sign_in(app, db_sess
         settings, registered, "launch/patient patient/*.rs", pkce_pair()[1], state="visible-state-value"
     )
     web.get("/auth/authorize", query_string=params)
-    sealed = web.get_cookie(PRE_COOKIE, path="/auth").value
+    sealed = web.get_cookie(PRE_COOKIE, path="/").value
     for secret in ("visible-state-value", registered.client_id, registered.redirect_uri):
         assert secret not in sealed  # encrypted, not merely signed
     tampered = sealed[:-4] + ("AAAA" if not sealed.endswith("AAAA") else "BBBB")
     other = new_web_client(app)
-    other.set_cookie(PRE_COOKIE, tampered, path="/auth")
+    other.set_cookie(PRE_COOKIE, tampered, path="/")
     assert b"No sign-in in progress" in other.get("/auth/authorize/continue").data
     r = login(web, user.username)
     assert r.headers["Location"].endswith("/auth/authorize/continue")
@@ -177,7 +177,7 @@ def test_logout_deletes_the_server_session_and_the_old_cookie_is_worthless(app, 
     assert r.status_code == 303
     assert _row(db_session, value) is None
     replay = new_web_client(app)
-    replay.set_cookie(COOKIE, value, path="/auth")
+    replay.set_cookie(COOKIE, value, path="/")
     assert replay.get("/auth/").status_code == 302
 
 

@@ -140,7 +140,7 @@ def test_a_successful_sign_in_leaves_a_device_cookie_that_keeps_the_user_in(app,
     mine = new_web_client(app)
     r = login(mine, user.username)
     header = next(h for h in r.headers.getlist("Set-Cookie") if h.startswith(device_cookies.COOKIE_NAME + "="))
-    assert "HttpOnly" in header and "Path=/auth" in header and user.username not in header
+    assert "HttpOnly" in header and "Path=/" in header and user.username not in header
     mine.post("/auth/logout", data={"csrf_token": csrf_from(mine.get("/auth/logout").data)})
     for _ in range(settings.login_max_failures_account):
         login(new_web_client(app), user.username, "not the password")

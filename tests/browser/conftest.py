@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from tests import totp
 from tests.support import (
     BACKENDS,
     LiveServer,
@@ -84,12 +85,15 @@ class Stack:
 
         return Repository(session, self.settings, system_principal("browser-tests"))
 
-    def _account(self, session: Any, prefix: str, role: str, fhir_user: str, display_name: str) -> str:
-        """A user account with the shared test password; returns its username."""
+    def _account(
+        self, session: Any, prefix: str, role: str, fhir_user: str, display_name: str, enrol_mfa: bool = False
+    ) -> str:
+        """A user account with the shared test password; returns its username. ``enrol_mfa``:
+        with an authenticator of known secret (tests/totp.py), which the sign-in helpers answer."""
         from smart_auth import accounts
 
         username = f"{prefix}{uid()}"
-        accounts.create_user(
+        user = accounts.create_user(
             session,
             settings=self.settings,
             username=username,
@@ -98,15 +102,17 @@ class Stack:
             fhir_user=fhir_user,
             display_name=display_name,
         )
+        if enrol_mfa:
+            totp.enrol(session, self.settings, user)
         return username
 
-    def provider(self, family: str | None = None, given: str = "Ada") -> Person:
+    def provider(self, family: str | None = None, given: str = "Ada", enrol_mfa: bool = True) -> Person:
         family = family or f"Okafor{uid()}"
         with self.session() as session:
             name = {"family": family, "given": [given], "prefix": ["Dr"]}
             prac = self._repo(session).create("Practitioner", {"resourceType": "Practitioner", "name": [name]})
             ref = f"Practitioner/{prac.res_id}"
-            username = self._account(session, "dr", "provider", ref, f"Dr {given} {family}")
+            username = self._account(session, "dr", "provider", ref, f"Dr {given} {family}", enrol_mfa)
             session.commit()
         return Person(username, PASSWORD, ref, f"Dr {given} {family}")
 

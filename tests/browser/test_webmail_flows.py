@@ -20,6 +20,7 @@ from urllib.parse import unquote_plus
 import pytest
 from playwright.sync_api import Page, expect
 
+from tests import totp
 from tests.browser.conftest import Person, Stack
 from tests.support import uid
 
@@ -31,11 +32,15 @@ BADGE_WAIT = 20_000  # the badge polls every 5 s
 
 
 def sign_in(page: Page, username: str, password: str) -> None:
-    """Fill the authorization server's login form."""
+    """Fill the authorization server's login form (and the second-factor form of a provider)."""
     expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
     page.get_by_label("Username").fill(username)
     page.get_by_label("Password", exact=True).fill(password)
     page.get_by_role("button", name="Sign in").click()
+    if username in totp.SECRETS:  # providers: the authenticator code (tests/totp.py)
+        expect(page.get_by_role("heading", name="Two-step sign-in")).to_be_visible()
+        page.get_by_label("Code").fill(totp.code_for(username))
+        page.get_by_role("button", name="Continue").click()
 
 
 def console_login(page: Page, stack: Stack, who: Person) -> None:

@@ -1,8 +1,9 @@
 """The authorization matrix: every role tries every interaction on every kind of resource.
 
 Roles: anonymous, patient A, patient B, A's primary provider, an unrelated provider (B's),
-staff working for A's provider, an administrator, an auditor, and a provider whose account
-was disabled after their token was issued. Kinds: Patient, Communication and AuditEvent
+staff working for A's provider, an administrator, an auditor, a provider whose account
+was disabled after their token was issued, and B's provider holding a break-glass grant on
+patient A (an account of their own). Kinds: Patient, Communication and AuditEvent
 owned by A and by B, and the directory (Practitioner, Organization). Interactions: read,
 vread, history, search by _id, create, update, delete, and the operations.
 
@@ -30,7 +31,22 @@ from tests.support import uid
 
 FHIR = "application/fhir+json"
 BROAD = {"patient": "launch/patient patient/*.cruds", "other": "user/*.cruds"}
-ROLES = ("anonymous", "patient_a", "patient_b", "provider_a", "provider_b", "staff_a", "admin", "auditor", "disabled")
+ROLES = (
+    "anonymous",
+    "patient_a",
+    "patient_b",
+    "provider_a",
+    "provider_b",
+    "staff_a",
+    "admin",
+    "auditor",
+    "disabled",
+    "provider_b_break_glass",
+    # Backend services (system principals, smart_auth.backend_services): read-only, and read-write.
+    "backend_read",
+    "backend_full",
+)
+BACKEND_SCOPES = {"backend_read": "system/*.rs", "backend_full": "system/*.cruds"}
 KINDS = (
     "Patient:A",
     "Patient:B",
@@ -103,6 +119,23 @@ def _body(world: World, role: str, kind: str) -> dict[str, Any]:
     }
 
 
+def _backend_tokens(app: Any, settings: Any) -> dict[str, str | None]:
+    """A system token per backend role, each of a backend client of its own (as /auth/token makes them)."""
+    from smart_auth import clients
+    from smart_auth.backend_services import issue_system_token
+
+    out: dict[str, str | None] = {}
+    with app.app_context():
+        for role, scope in BACKEND_SCOPES.items():
+            client_id = f"matrix-{role.replace('_', '-')}-{uid()}"
+            jwks = {"keys": [{"kty": "EC", "crv": "P-384", "kid": "k", "x": "AAAA", "y": "AAAA"}]}
+            clients.register_backend_client(db.session, client_id=client_id, name=role, scope=scope, jwks=jwks)
+            out[role], _ = issue_system_token(db.session, settings, client_id=client_id, scope=scope)
+        db.session.commit()
+        db.session.remove()
+    return out
+
+
 @pytest.fixture(scope="module")
 def world(app: Any, settings: Any) -> World:
     from smart_auth import accounts
@@ -130,6 +163,7 @@ def world(app: Any, settings: Any) -> World:
             ("admin", "admin", None, ()),
             ("auditor", "auditor", None, ()),
             ("disabled", "provider", f"Practitioner/{gone}", ()),
+            ("provider_b_break_glass", "provider", refs["provider_b"], ()),
         ):
             users[role] = accounts.create_user(
                 s,
@@ -161,10 +195,25 @@ def world(app: Any, settings: Any) -> World:
         scope = BROAD["patient"] if role.startswith("patient") else BROAD["other"]
         patient = refs[role].split("/")[1] if role.startswith("patient") else None
         tokens[role] = token_for(app, settings, user_id, scope, patient=patient)
+    tokens.update(_backend_tokens(app, settings))
     with app.app_context():
         accounts.set_active(db.session, accounts.get_user(db.session, user_ids["disabled"]), False)
         db.session.commit()
         db.session.remove()
+    with app.app_context():  # B's provider (an account of their own) breaks the glass on patient A
+        from fhirserver.break_glass import create_grant
+
+        create_grant(
+            db.session,
+            settings,
+            user_id=user_ids["provider_b_break_glass"],
+            practitioner_ref=refs["provider_b"],
+            patient_id=pats["A"],
+            reason="Matrix: emergency care",
+        )
+        db.session.commit()
+        db.session.remove()
+    refs["provider_b_break_glass"] = refs["provider_b"]
     ids = {
         "Patient:A": pats["A"],
         "Patient:B": pats["B"],
@@ -256,7 +305,12 @@ def run_operation(world: World, client: Any, role: str, op: str) -> str:
 # - 409: A's primary provider grants portal access to a patient who already has an account;
 # - 422: a provider writing about another provider's patient gets "unknown patient";
 # - staff register and update their providers' patients but never delete, send or grant;
-# - a disabled account's token is refused at once (401), like no token at all.
+# - a disabled account's token is refused at once (401), like no token at all;
+# - a break-glass grant (B's provider on patient A) opens A's Patient and Communications for
+#   reading and searching only: writes and state-changing operations on them stay 404/403/422;
+# - backend services (system principals) reach every record of the types their system/ scopes
+#   name, and nothing else: system/*.rs reads (AuditEvents too) but writes nothing (403);
+#   system/*.cruds writes too, except what no one may (sent messages, AuditEvents: 405).
 MATRIX = """
 anonymous
     Patient:A          401  401  401  401  401  401  401
@@ -348,6 +402,36 @@ disabled
     AuditEvent:A       401  401  401  401  401  401  401
     AuditEvent:B       401  401  401  401  401  401  401
     operations         401  401  401  401  401  401  401
+provider_b_break_glass
+    Patient:A          200  200  200  200+ 403  404  404
+    Patient:B          200  200  200  200+ 201  200  204
+    Communication:A    200  200  200  200+ 422  405  405
+    Communication:B    200  200  200  200+ 201  405  405
+    Practitioner       200  200  200  200+ 403  403  403
+    Organization       200  200  200  200+ 403  403  403
+    AuditEvent:A       403  403  403  403  405  405  405
+    AuditEvent:B       403  403  403  403  405  405  405
+    operations         404  200  200  404  409  404  200
+backend_read
+    Patient:A          200  200  200  200+ 403  403  403
+    Patient:B          200  200  200  200+ 403  403  403
+    Communication:A    200  200  200  200+ 403  405  403
+    Communication:B    200  200  200  200+ 403  405  403
+    Practitioner       200  200  200  200+ 403  403  403
+    Organization       200  200  200  200+ 403  403  403
+    AuditEvent:A       200  200  200  200+ 405  405  405
+    AuditEvent:B       200  200  200  200+ 405  405  405
+    operations         403  403  200  403  403  403  403
+backend_full
+    Patient:A          200  200  200  200+ 201  200  204
+    Patient:B          200  200  200  200+ 201  200  204
+    Communication:A    200  200  200  200+ 201  405  405
+    Communication:B    200  200  200  200+ 201  405  405
+    Practitioner       200  200  200  200+ 201  200  204
+    Organization       200  200  200  200+ 201  200  204
+    AuditEvent:A       200  200  200  200+ 405  405  405
+    AuditEvent:B       200  200  200  200+ 405  405  405
+    operations         200  200  200  403  403  403  403
 """
 
 

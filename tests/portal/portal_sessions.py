@@ -23,6 +23,7 @@ def portal_store(settings: Any, session_url: str | None = None) -> Any:
         console_client_secret=settings.console_client_secret,
         session_url=session_url or settings.portal_session_url,
         session_idle_minutes=settings.session_idle_minutes,
+        dev_mode=settings.dev_mode,
     )
     return create_portal_app(config).session_interface
 
@@ -38,6 +39,6 @@ def realm_tokens(store: Any, sid: str, realm: str) -> dict[str, Any]:
 
 def cookie_of(jar: Any) -> str:
     """The portal session id in a requests cookie jar."""
-    value = jar.get(COOKIE_NAME, path="/portal")
+    value = jar.get(COOKIE_NAME, path="/")
     assert value, "the browser must hold a portal session cookie"
     return str(value)

@@ -29,7 +29,7 @@ def make_app(session_url: str, **extra: Any) -> Any:
         patient_client_secret="portal-secret",
         console_client_secret="console-secret",
         session_url=session_url,
-        **extra,
+        **{"dev_mode": True, **extra},  # http://portal.test: development's cookies
     )
     app = create_portal_app(config)
     app.config["TESTING"] = True
@@ -115,21 +115,27 @@ def test_session_cookie_is_scoped_and_http_only(web: Any) -> None:
     cookie = get(web, "/").headers["Set-Cookie"]
     assert cookie.startswith(COOKIE_NAME + "=")
     assert "HttpOnly" in cookie
-    assert "Path=/portal" in cookie
+    assert "Path=/;" in cookie
     assert "SameSite=Lax" in cookie
-    assert "Secure" not in cookie  # http base URL; https turns it on
+    assert "Secure" not in cookie  # development on http; production (and https) turn it on
 
 
-def test_https_base_url_makes_the_cookie_secure(tmp_path: Path) -> None:
-    app = make_app(f"filesystem://{tmp_path}/s")
-    app2 = create_portal_app(PortalConfig("https://portal.test", "k", "a", "b", f"filesystem://{tmp_path}/s2"))
-    assert not app.config["SESSION_COOKIE_SECURE"]
-    assert app2.config["SESSION_COOKIE_SECURE"]
+def test_F5_production_and_https_make_the_cookie_host_prefixed_and_secure(tmp_path: Path) -> None:
+    dev = make_app(f"filesystem://{tmp_path}/s")
+    https_dev = create_portal_app(
+        PortalConfig("https://portal.test", "k", "a", "b", f"filesystem://{tmp_path}/s2", dev_mode=True)
+    )
+    production = create_portal_app(PortalConfig("http://portal.test", "k", "a", "b", f"filesystem://{tmp_path}/s3"))
+    assert not dev.config["SESSION_COOKIE_SECURE"] and dev.config["SESSION_COOKIE_NAME"] == COOKIE_NAME
+    for app in (https_dev, production):
+        assert app.config["SESSION_COOKIE_SECURE"]
+        assert app.config["SESSION_COOKIE_NAME"] == "__Host-" + COOKIE_NAME
+        assert app.config["SESSION_COOKIE_PATH"] == "/" and app.config["SESSION_COOKIE_HTTPONLY"]
 
 
 def test_session_data_stays_on_the_server(web: Any, tmp_path: Path) -> None:
     sign_in(web, "patient", {"role": "patient", "patient": "p1", "fhirUser": "Patient/p1"})
-    cookie = web.get_cookie(COOKIE_NAME, domain="portal.test", path="/portal")
+    cookie = web.get_cookie(COOKIE_NAME, domain="portal.test", path="/")
     assert cookie is not None
     assert "." not in cookie.value  # an opaque id, not a signed payload
     files = list((tmp_path / "sessions").iterdir())
@@ -142,7 +148,7 @@ def test_redis_sessions(redis_url: str) -> None:
     app = make_app(redis_url)
     web = app.test_client()
     get(web, "/")
-    sid = web.get_cookie(COOKIE_NAME, domain="portal.test", path="/portal").value
+    sid = web.get_cookie(COOKIE_NAME, domain="portal.test", path="/").value
     client = redis.Redis.from_url(redis_url)
     assert client.exists(store_key(sid))  # under a hash of the id (tests/portal/test_session_store.py)
     ttl = client.ttl(store_key(sid))

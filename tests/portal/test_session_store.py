@@ -158,7 +158,7 @@ def sign_in_with_sentinels(web: Any) -> str:
             }
         }
         sess["portal_sheets"] = {"p1": {"t": time.time(), "name": SENTINELS["name"], "password": SENTINELS["password"]}}
-    cookie = web.get_cookie(COOKIE_NAME, domain="portal.test", path="/portal")
+    cookie = web.get_cookie(COOKIE_NAME, domain="portal.test", path="/")
     assert cookie is not None
     return str(cookie.value)
 
@@ -211,7 +211,7 @@ def test_a_value_copied_under_another_session_does_not_open(backend: Backend) ->
     alice, mallory = backend.app.test_client(), backend.app.test_client()
     alice_sid = sign_in_with_sentinels(alice)
     get(mallory, "/")
-    mallory_sid = mallory.get_cookie(COOKIE_NAME, domain="portal.test", path="/portal").value
+    mallory_sid = mallory.get_cookie(COOKIE_NAME, domain="portal.test", path="/").value
     blob = backend.raw(store_key(alice_sid))
     assert blob and mallory_sid != alice_sid
     backend.put(store_key(mallory_sid), blob)
@@ -252,6 +252,7 @@ def _config_like(settings: Any, session_url: str) -> PortalConfig:
         patient_client_secret=settings.portal_client_secret,
         console_client_secret=settings.console_client_secret,
         session_url=session_url,
+        dev_mode=settings.dev_mode,
     )
 
 
@@ -282,7 +283,7 @@ def test_after_a_real_sign_in_redis_holds_no_token(
     done = web.get("/callback?" + urlsplit(location).query, base_url=portal_root)
     assert done.status_code == 303 and done.headers["Location"] == "/portal/", done.get_data(as_text=True)[:300]
     assert web.get("/", base_url=portal_root).status_code == 200  # the inbox, through the API
-    cookie = web.get_cookie(COOKIE_NAME, domain="127.0.0.1", path="/portal")
+    cookie = web.get_cookie(COOKIE_NAME, domain="127.0.0.1", path="/")
     assert cookie is not None
     sid = str(cookie.value)
     data = app.session_interface.load(sid) or {}
