@@ -68,6 +68,11 @@ def create_app(settings: Settings | None = None, *, tokens: TokenAuthority | Non
     def index():  # type: ignore[no-untyped-def]
         return redirect("/portal/")
 
+    if not settings.mfa_required and not settings.dev_mode:
+        # Only the demo practice turns two-step sign-in off; a production server that does says so.
+        logging.getLogger(__name__).warning(
+            "MFA_REQUIRED=0: providers and staff sign in with a password alone (two-step sign-in is off)"
+        )
     logging.getLogger(__name__).info("app ready")
     return app
 

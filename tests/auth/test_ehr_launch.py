@@ -468,3 +468,23 @@ def test_A10_registration_takes_a_launch_url_only_with_the_launch_scope(db_sessi
         env=env,
     )
     assert result.exit_code != 0 and "launch" in result.output and "Traceback" not in result.output
+
+
+def test_A12_A10_unticking_launch_at_consent_drops_the_launch_context(web, db_session, settings, practice) -> None:
+    """A user who unticks ``launch`` on the consent page gets no patient context from the launch."""
+    app = make_launchable(db_session, first_party=False)
+    token = console_token(web, db_session, settings, practice.provider_username)
+    value = mint(web, token, {"client_id": app.client_id, "patient": practice.patient_id}).json["launch"]
+    r, verifier = ehr_authorize(web, settings, app, value)
+    assert r.status_code == 303 and r.headers["Location"].endswith("/auth/authorize/consent"), r.data[:300]
+    html = web.get("/auth/authorize/consent").get_data(as_text=True)
+    kept = ["openid", "fhirUser"]  # launch and the patient/ scopes unticked
+    r = web.post("/auth/authorize/consent", data={"csrf_token": csrf_from(html), "action": "approve", "scope": kept})
+    assert r.status_code == 303, r.data[:300]
+    r = web.get(r.headers["Location"])
+    assert r.status_code == 302, r.data[:300]
+    q = query_of(r.headers["Location"])
+    assert q.get("code"), q
+    body = exchange(web, app, q["code"], verifier).json
+    assert "patient" not in body and "need_patient_banner" not in body, body
+    assert set(body["scope"].split()) == set(kept)

@@ -107,3 +107,16 @@ def test_F5_fhir_ignores_cookies_a_request_with_only_cookies_is_401(
         assert r.status_code == 401, path
         assert r.headers["WWW-Authenticate"].startswith("Bearer")
         assert "Set-Cookie" not in r.headers
+
+
+def test_F3_production_without_mfa_says_so_at_start(settings: Settings, caplog: Any) -> None:
+    """Only the demo turns two-step sign-in off; a production server started that way warns."""
+    from fhirserver.app import create_app
+
+    with caplog.at_level("WARNING", logger="fhirserver.app"):
+        create_app(settings.with_(dev_mode=False, mfa_required=False))
+    assert any("MFA_REQUIRED=0" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="fhirserver.app"):
+        create_app(settings.with_(dev_mode=False, mfa_required=True))
+    assert not any("MFA_REQUIRED=0" in r.getMessage() for r in caplog.records)
