@@ -588,6 +588,76 @@ def _audit_admin(session: Any, user: Any, description: str) -> None:
     )
 
 
+@main.group("break-glass")
+def break_glass_group() -> None:
+    """Review break-glass (emergency) access: list grants, read a reason, end a grant."""
+
+
+def _audit_review(session: Any, description: str) -> None:
+    from fhirserver.core.audit import security_event
+
+    security_event(session, subtype="break-glass-review", outcome="0", client_id=CLI_CLIENT_ID, description=description)
+
+
+@break_glass_group.command("list")
+@click.option("--all", "show_all", is_flag=True, help="Also grants that expired or were revoked (kept 30 days).")
+def break_glass_list(show_all: bool) -> None:
+    """One line per grant: id, provider, patient id, opened, until, state (never the reason)."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import select
+
+    from fhirserver.models import BreakGlassGrant
+
+    settings = get_settings()
+    now = datetime.now(UTC)
+    with db_session(settings) as session:
+        rows = session.execute(select(BreakGlassGrant).order_by(BreakGlassGrant.created_at.desc())).scalars().all()
+        _audit_review(session, f"break-glass grants listed ({len(rows)})")
+        session.commit()
+        for g in rows:
+            expires = g.expires_at if g.expires_at.tzinfo else g.expires_at.replace(tzinfo=UTC)
+            state = "revoked" if g.revoked_at else ("expired" if expires <= now else "live")
+            if state != "live" and not show_all:
+                continue
+            click.echo(
+                f"{g.id}  {g.practitioner_ref}  Patient/{g.patient_id}  "
+                f"{g.created_at:%Y-%m-%d %H:%M}Z  until {expires:%Y-%m-%d %H:%M}Z  {state}"
+            )
+
+
+@break_glass_group.command("reason")
+@click.argument("grant_id")
+def break_glass_reason(grant_id: str) -> None:
+    """Print the reason the provider gave (decrypted; the reading is audited)."""
+    from fhirserver import break_glass
+    from fhirserver.models import BreakGlassGrant
+
+    settings = get_settings()
+    with db_session(settings) as session:
+        grant = session.get(BreakGlassGrant, grant_id[:32])
+        if grant is None:
+            raise click.ClickException("no such break-glass grant")
+        _audit_review(session, "break-glass reason read")
+        session.commit()
+        click.echo(break_glass.reason_of(settings, grant))
+
+
+@break_glass_group.command("revoke")
+@click.argument("grant_id")
+def break_glass_revoke(grant_id: str) -> None:
+    """End a grant now: the patient's record closes to that provider on the next request."""
+    from fhirserver import break_glass
+
+    settings = get_settings()
+    with db_session(settings) as session:
+        if not break_glass.revoke(session, grant_id[:32]):
+            raise click.ClickException("no live break-glass grant with that id")
+        _audit_review(session, "break-glass grant revoked")
+        session.commit()
+    click.echo("revoked", err=True)
+
+
 @main.group()
 def user() -> None:
     """User accounts of the practice (patients get theirs through $grant-portal-access)."""

@@ -516,3 +516,49 @@ def test_C12_break_glass_minutes_is_a_checked_setting(tmp_path: Any) -> None:
     for bad in ("0", "721", "an hour"):
         with pytest.raises(SettingsError, match="BREAK_GLASS_MINUTES"):
             load_settings({**env, "BREAK_GLASS_MINUTES": bad})
+
+
+@pytest.fixture(scope="module")
+def cli_env(database_url: str, server_port: int, settings: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from tests.support import test_env
+
+    return test_env(
+        tmp_path_factory.mktemp("break-glass-cli"),
+        database_url,
+        server_port,
+        SECRET_KEY=settings.secret_key,
+        JWT_PRIVATE_KEY_PEM=settings.jwt_private_key_pem,
+        PORTAL_CLIENT_SECRET=settings.portal_client_secret,
+        CONSOLE_CLIENT_SECRET=settings.console_client_secret,
+    )
+
+
+def test_C12_operators_review_and_revoke_grants_from_the_command_line(client: Any, world: World, cli_env: Any) -> None:
+    from click.testing import CliRunner
+
+    from fhirserver.cli import main
+
+    def run(*args: str) -> Any:
+        return CliRunner().invoke(main, list(args), env=cli_env)
+
+    assert world.glass(client).status_code == 200
+    [grant] = _grants(world.app, world.user_ids["provider_b"])
+    listed = run("break-glass", "list")
+    assert listed.exit_code == 0, listed.output
+    line = next(x for x in listed.output.splitlines() if x.startswith(grant.id))
+    assert f"Patient/{world.patient_a}" in line and line.endswith("live") and "ZZREASON" not in listed.output
+    reason = run("break-glass", "reason", grant.id)
+    assert reason.exit_code == 0 and "ZZREASON" in reason.output
+    assert run("break-glass", "reason", "nosuchgrant").exit_code == 1
+    revoked = run("break-glass", "revoke", grant.id)
+    assert revoked.exit_code == 0, revoked.output
+    assert _reads(client, world, "provider_b") == CLOSED
+    assert run("break-glass", "revoke", grant.id).exit_code == 1  # already ended
+    assert grant.id not in run("break-glass", "list").output
+    assert f"{grant.id}" in run("break-glass", "list", "--all").output
+    reviews = [
+        e
+        for e in _audit_events(world.app, world.settings)
+        if e.get("subtype", [{}])[0].get("code") == "break-glass-review"
+    ]
+    assert len(reviews) >= 4 and not any("ZZREASON" in json.dumps(e) for e in reviews)
