@@ -192,7 +192,9 @@ def _consented(ev: Evaluation) -> list[str] | None:
     """The scopes approved for a third-party client, or None when the consent page must be shown."""
     chosen = ev.pending.get("consented")
     if isinstance(chosen, list):
-        return [s for s in ev.scopes if s in chosen]
+        # What the consent POST kept: offered scopes, or their read-only variants (never wider).
+        allowed = set(ev.scopes) | {v for s in ev.scopes if (v := consent.read_only_variant(s))}
+        return [s for s in chosen if isinstance(s, str) and s in allowed]
     stored = consent.granted(dbs(), ev.user.id, ev.client.client_id)
     if stored and set(ev.scopes) <= set(stored):
         return list(ev.scopes)
@@ -306,7 +308,8 @@ def register(bp: Blueprint) -> None:
         if ev.needs_patient and ev.patient is None:
             return redirect(url_for("smart_auth.authorize_patient"), 303)
         if request.method == "POST":
-            chosen = consent.kept(ev.scopes, request.form.getlist("scope"))  # never widens (A12)
+            # Never widens (A12): unticked scopes go, "read only" narrows a scope to r and s.
+            chosen = consent.kept(ev.scopes, request.form.getlist("scope"), request.form.getlist("read_only"))
             if request.form.get("action") != "approve" or not chosen:
                 security_event(
                     dbs(),
@@ -342,6 +345,7 @@ def register(bp: Blueprint) -> None:
             client=ev.client,
             items=items,
             notes=consent.notes(ev.scopes),
+            read_only={s: v for s in ev.scopes if (v := consent.read_only_variant(s))},
             patient_name=patient_name,
             offline="offline_access" in ev.scopes,
             own_record=user.role == "patient",

@@ -11,6 +11,7 @@ The consent page lists every scope offered as a ticked box (A12). What the user 
   context, and with it the ``patient/`` scopes, which mean nothing without a patient.
 - ``fhirUser`` is a claim of the id_token, so it goes when ``openid`` is unticked.
 - Unticking ``offline_access`` / ``online_access`` means no refresh token.
+- A scope that also writes can be narrowed to reading only (:func:`read_only_variant`).
 """
 
 from __future__ import annotations
@@ -39,13 +40,33 @@ def _is_patient_scope(token: str) -> bool:
     return rs is not None and rs.context == "patient"
 
 
-def kept(offered: list[str], ticked: list[str]) -> list[str]:
+def read_only_variant(scope: str) -> str | None:
+    """``scope`` narrowed to reading and searching, when it grants more than that; else None.
+
+    The consent page offers it beside each such scope (A12: narrow to a sub-scope), e.g.
+    ``patient/Communication.cruds`` -> ``patient/Communication.rs``, filters kept.
+    """
+    try:
+        rs = parse_scope(scope)
+    except ScopeError:
+        return None
+    if rs is None:
+        return None
+    reading = rs.permissions & {"r", "s"}
+    if not reading or reading == rs.permissions:
+        return None
+    return rs.with_permissions(reading)
+
+
+def kept(offered: list[str], ticked: list[str], read_only: list[str] | None = None) -> list[str]:
     """The scopes the user approved: those of ``offered`` still ticked, in offered order.
 
-    A ticked value that was never offered is ignored (a POST never widens a grant), and
-    scopes that depend on an unticked one go with it (see the module docstring).
+    A ticked value that was never offered is ignored (a POST never widens a grant), a
+    scope also named in ``read_only`` is narrowed to its reading part, and scopes that
+    depend on an unticked one go with it (see the module docstring).
     """
-    chosen = [s for s in offered if s in set(ticked)]
+    narrow = set(read_only or ())
+    chosen = [(read_only_variant(s) or s) if s in narrow else s for s in offered if s in set(ticked)]
     if any(c in offered and c not in chosen for c in CONTEXT_SCOPES):
         chosen = [s for s in chosen if not _is_patient_scope(s)]
     if "openid" not in chosen:

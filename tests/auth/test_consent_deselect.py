@@ -141,3 +141,32 @@ def test_F6_consent_post_needs_its_csrf_token(app, settings, practice, third) ->
         assert r.status_code == 400 and "Location" not in r.headers
     # The page's own token still works afterwards.
     assert _approve(web, html, third, verifier, SCOPE.split())["scope"].split() == SCOPE.split()
+
+
+def test_A12_a_scope_can_be_narrowed_to_reading_only(app, settings, practice, third) -> None:
+    """Beside a scope that also writes, the page offers "only read": the token gets its r/s part."""
+    scope = "launch/patient patient/Patient.rs patient/Communication.cruds"
+    web, html, verifier = _consent_page(app, settings, third, practice.patient_username, scope)
+    offered = re.findall(r'name="scope" id="scope-\d+" value="([^"]+)"', html)
+    writing = next(s for s in offered if s.startswith("patient/Communication."))
+    read_only = re.findall(r'name="read_only" id="ro-\d+" value="([^"]+)"', html)
+    assert read_only == [writing]  # offered only where there is something to take away
+    r = web.post(
+        "/auth/authorize/consent",
+        data={
+            "csrf_token": csrf_from(html),
+            "action": "approve",
+            "scope": offered,
+            # A read-only mark on a scope never offered, or on patient/Patient.rs, changes nothing.
+            "read_only": [writing, "patient/Practitioner.cruds", "patient/Patient.rs"],
+        },
+    )
+    assert r.status_code == 303, r.data[:300]
+    r = web.get(r.headers["Location"])
+    body = exchange(web, third, query_of(r.headers["Location"])["code"], verifier).json
+    assert sorted(body["scope"].split()) == sorted(["launch/patient", "patient/Patient.rs", "patient/Communication.rs"])
+    api = new_web_client(app)
+    auth = {"Authorization": f"Bearer {body['access_token']}", "Content-Type": "application/fhir+json"}
+    assert api.get("/fhir/Communication", headers=auth).status_code == 200
+    sent = api.post("/fhir/Communication", headers=auth, data="{}")
+    assert sent.status_code == 403, sent.data[:300]
