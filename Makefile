@@ -17,7 +17,7 @@ help:
 	@echo "make run    - set up .venv, migrate and seed var/fhirserver.db, start the dev server"
 	@echo "make test   - run every test (SQLite + PostgreSQL; browser and Celery tests on PostgreSQL + Redis)"
 	@echo "make lint   - ruff check, ruff format --check, mypy"
-	@echo "make bench  - run the benchmarks (bench/run.py, bench/security.py, bench/backend_token.py; wrk needed)"
+	@echo "make bench  - run the benchmarks (bench/run.py, security.py, backend_token.py, hot_path.py; wrk needed; SOAK=1 adds a 10-minute soak)"
 	@echo "make clean  - remove var/ (dev database, mail, dev secrets) and caches"
 
 venv: $(STAMP)
@@ -57,6 +57,7 @@ bench: venv
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/security.py
 	$(BIN)/python bench/backend_token.py
+	$(BIN)/python bench/hot_path.py $(if $(SOAK),--soak,)
 
 clean:
 	rm -rf var tests/artifacts .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info

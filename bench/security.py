@@ -56,6 +56,10 @@ def seed(env: dict[str, str]) -> dict[str, Any]:
     from tests.factories import PROVIDER_SCOPE, patient_json, practitioner_json
 
     install_portal_accounts(accounts)
+    from fhirserver.core.ports import install_mailbox_users
+    from smart_auth import mailbox_users
+
+    install_mailbox_users(mailbox_users)
     settings = load_settings(env)
     cheap = settings.with_(argon2_time_cost=1, argon2_memory_kib=1024)
     session = make_sessionmaker(settings.database_url)()

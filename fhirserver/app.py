@@ -13,6 +13,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from fhirserver import security_headers
 from fhirserver.config import Settings, load_settings
+from fhirserver.core import audit_batch, audit_chain
 from fhirserver.core.ports import TokenAuthority, install_portal_accounts
 from fhirserver.db import configure_sqlite, engine_options
 from fhirserver.extensions import db
@@ -21,9 +22,11 @@ from fhirserver.logging_setup import configure_logging
 
 def install_accounts() -> None:
     """Wire smart_auth's accounts into the FHIR core (every composition root calls this)."""
-    from smart_auth import accounts
+    from fhirserver.core.ports import install_mailbox_users
+    from smart_auth import accounts, mailbox_users
 
     install_portal_accounts(accounts)
+    install_mailbox_users(mailbox_users)
 
 
 def create_app(settings: Settings | None = None, *, tokens: TokenAuthority | None = None) -> Flask:
@@ -34,7 +37,9 @@ def create_app(settings: Settings | None = None, *, tokens: TokenAuthority | Non
     app.config.update(
         SECRET_KEY=settings.secret_key,
         SQLALCHEMY_DATABASE_URI=settings.database_url,
-        SQLALCHEMY_ENGINE_OPTIONS=engine_options(settings.database_url),
+        SQLALCHEMY_ENGINE_OPTIONS=engine_options(
+            settings.database_url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow
+        ),
         MAX_CONTENT_LENGTH=settings.max_body_bytes,
         JSON_SORT_KEYS=False,
     )
@@ -42,6 +47,8 @@ def create_app(settings: Settings | None = None, *, tokens: TokenAuthority | Non
     db.init_app(app)
     with app.app_context():
         configure_sqlite(db.engine)
+    # The read path's audit batch writer seals the records it committed (fhirserver.core.audit_chain).
+    audit_batch.set_after_commit(audit_chain.sealer(audit_chain.chain_key(settings.secret_key)))
 
     from fhirserver.web.blueprint import create_fhir_blueprint, install_fhir_error_pages
     from notifier.dispatch import install as install_notifications
@@ -72,6 +79,11 @@ def create_app(settings: Settings | None = None, *, tokens: TokenAuthority | Non
         # Only the demo practice turns two-step sign-in off; a production server that does says so.
         logging.getLogger(__name__).warning(
             "MFA_REQUIRED=0: providers and staff sign in with a password alone (two-step sign-in is off)"
+        )
+    if not settings.dev_mode and settings.base_url.startswith("http://"):
+        # Production cookies are Secure (and __Host-): over plain http no browser sends them back.
+        logging.getLogger(__name__).warning(
+            "BASE_URL is http:// in production: browsers will not sign in (Secure cookies need https)"
         )
     logging.getLogger(__name__).info("app ready")
     return app

@@ -123,10 +123,11 @@ def check_scope(scope: str, *, param_hint: str = "--scope") -> str:
 def main() -> None:
     """FHIR R4 server with SMART-on-FHIR auth and secure WebMail."""
     # A composition root: the FHIR core reaches accounts through this interface only.
-    from fhirserver.core.ports import install_portal_accounts
-    from smart_auth import accounts
+    from fhirserver.core.ports import install_mailbox_users, install_portal_accounts
+    from smart_auth import accounts, mailbox_users
 
     install_portal_accounts(accounts)
+    install_mailbox_users(mailbox_users)
 
 
 @main.command()
@@ -170,6 +171,11 @@ def serve(bind: str | None, workers: int, threads: int, dev: bool, certfile: Pat
             err=True,
         )
     tls = (str(certfile), str(keyfile)) if certfile and keyfile else None
+    from fhirserver.db import pool_size_for
+
+    # Each worker process has its own pool: a connection per thread and the spares (the audit
+    # writer). The workers read the settings again, from this environment.
+    os.environ.setdefault("DB_POOL_SIZE", str(pool_size_for(threads)))
     run_gunicorn(bind=bind, workers=workers, threads=threads, tls=tls)
 
 
@@ -273,6 +279,44 @@ def keys_status() -> None:
         raise click.ClickException(str(exc)) from None
     for line in lines:
         click.echo(line)
+
+
+@main.group()
+def audit() -> None:
+    """The append-only audit log and its hash chain."""
+
+
+@audit.command("seal")
+def audit_seal() -> None:
+    """Seal every committed, unsealed audit record now (the beat task does this regularly)."""
+    from fhirserver.core import audit_chain
+
+    settings = get_settings()
+    with db_session(settings) as session:
+        count = audit_chain.seal_all(session.get_bind(), audit_chain.chain_key(settings.secret_key))
+    click.echo(f"sealed {count} audit record(s)")
+
+
+@audit.command("verify")
+def audit_verify() -> None:
+    """Check the sealed chain link by link and report the unsealed tail; exit 1 if the chain is broken."""
+    from datetime import UTC, datetime
+
+    from fhirserver.core import audit_chain
+
+    settings = get_settings()
+    with db_session(settings) as session, session.get_bind().connect() as conn:
+        result = audit_chain.verify(conn, audit_chain.chain_key(settings.secret_key))
+    age = ""
+    if result.oldest_unsealed is not None:
+        age = f", oldest {int((datetime.now(UTC) - result.oldest_unsealed).total_seconds())} s old"
+    click.echo(f"sealed records: {result.sealed}")
+    click.echo(f"unsealed tail: {result.unsealed} record(s){age}")
+    if not result.ok:
+        for problem in result.problems:
+            click.echo(f"BROKEN: {problem}", err=True)
+        raise click.exceptions.Exit(1)
+    click.echo("audit chain OK")
 
 
 @main.group()
@@ -656,6 +700,40 @@ def break_glass_revoke(grant_id: str) -> None:
         _audit_review(session, "break-glass grant revoked")
         session.commit()
     click.echo("revoked", err=True)
+
+
+@main.group("mailbox")
+def mailbox_group() -> None:
+    """The WebMail mailbox table (inbox pages and unread counts): check it against the resources."""
+
+
+@mailbox_group.command("check")
+@click.option("--fix", is_flag=True, help="Rewrite the rows that differ from the recomputed ones.")
+def mailbox_check(fix: bool) -> None:
+    """Recompute every mailbox row from the messages, accounts and read state; list differences.
+
+    One line per difference (message id, user id, missing / unexpected / differs: ids only,
+    never message content); exits 1 when there is any, unless --fix repaired them.
+    """
+    from fhirserver.webmail import mailbox
+
+    settings = get_settings()
+    with db_session(settings) as session:
+        diffs = mailbox.check(session, fix=fix)
+        if fix:
+            session.commit()
+        else:
+            session.rollback()
+    for d in diffs:
+        click.echo(f"{d.problem}  Communication/{d.message_id}  user {d.user_id}")
+    if not diffs:
+        click.echo("mailbox matches the messages", err=True)
+        return
+    if fix:
+        click.echo(f"fixed {len(diffs)} mailbox row(s)", err=True)
+        return
+    click.echo(f"{len(diffs)} mailbox row(s) differ (run `fhirserver mailbox check --fix` to repair)", err=True)
+    sys.exit(1)
 
 
 @main.group()

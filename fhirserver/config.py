@@ -103,6 +103,10 @@ class Settings:
     notify_dispatch: str = "celery"
     # Base of the exponential retry backoff of notification emails, in seconds.
     notify_retry_backoff: int = 10
+    # PostgreSQL connections per process (fhirserver.db.engine_options): one per request thread
+    # plus spares; ``fhirserver serve`` sets DB_POOL_SIZE from --threads unless it is set.
+    db_pool_size: int = 10
+    db_max_overflow: int = 2
 
     @property
     def fhir_base(self) -> str:
@@ -143,6 +147,8 @@ class _EnvSchema(Schema):
     CORS_ORIGINS = mf.String(validate=validate.Regexp(r"^(\s*https?://[^\s,/]+/?\s*)(,\s*https?://[^\s,/]+/?\s*)*$"))
     SECURITY_ALERT_EMAILS = mf.String()
     BREAK_GLASS_MINUTES = mf.Integer(validate=validate.Range(min=5, max=720))
+    DB_POOL_SIZE = mf.Integer(validate=validate.Range(min=1, max=200))
+    DB_MAX_OVERFLOW = mf.Integer(validate=validate.Range(min=0, max=200))
 
     @validates_schema
     def _check(self, data: dict[str, Any], **_: Any) -> None:
@@ -311,6 +317,8 @@ def load_settings(env: dict[str, str] | None = None, **overrides: Any) -> Settin
         "notify_retry_backoff": "NOTIFY_RETRY_BACKOFF",
         "trusted_proxy_hops": "TRUSTED_PROXY_HOPS",
         "break_glass_minutes": "BREAK_GLASS_MINUTES",
+        "db_pool_size": "DB_POOL_SIZE",
+        "db_max_overflow": "DB_MAX_OVERFLOW",
     }
     for attr, var in ints.items():
         if env.get(var):

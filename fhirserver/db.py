@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import MetaData, create_engine, event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 NAMING = {
@@ -30,12 +30,54 @@ class Base(DeclarativeBase):
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
-def engine_options(url: str) -> dict[str, Any]:
-    """Options for ``create_engine`` (also given to Flask-SQLAlchemy)."""
+# Connections a web process may need beyond one per request thread: the audit batch writer
+# holds one, and one spare covers a thread that opens a second session (a CLI-style helper).
+POOL_SPARE = 2
+DEFAULT_THREADS = 8  # ``fhirserver serve --threads``' default
+DEFAULT_POOL_SIZE = DEFAULT_THREADS + POOL_SPARE
+# Overflow is for the unforeseen: a pool that keeps overflowing is too small, and a large
+# overflow times the workers would only move the queue into PostgreSQL.
+DEFAULT_MAX_OVERFLOW = 2
+# Older than this, a pooled connection is closed at checkout (a proxy or firewall in front of
+# PostgreSQL may drop idle connections silently; pre-ping catches the rest).
+POOL_RECYCLE_SECONDS = 1800
+
+
+def pool_size_for(threads: int) -> int:
+    """The pool one web process needs: a connection per request thread, plus the spares."""
+    return threads + POOL_SPARE
+
+
+def engine_options(
+    url: str, *, pool_size: int = DEFAULT_POOL_SIZE, max_overflow: int = DEFAULT_MAX_OVERFLOW
+) -> dict[str, Any]:
+    """Options for ``create_engine`` (also given to Flask-SQLAlchemy).
+
+    PostgreSQL through psycopg 3 gets ``prepare_threshold=None``: psycopg would otherwise
+    prepare a statement on the server after its 5th execution on a connection, and
+    PostgreSQL may then run it with a *generic plan*, chosen without the parameter values.
+    Our searches need the values (a selective name against a provider's thousands of
+    patients: 0.26 ms with the custom plan, 41 ms with the generic one, see
+    docs/deploy.md "Workers, threads and connections" and tests/search/test_plans_at_scale.py).
+    Unprepared, every execution is planned with its values; planning our queries costs
+    well under a millisecond. This is chosen over ``plan_cache_mode=force_custom_plan``
+    (which keeps preparing and replans anyway, saving only the parse) because it needs no
+    server setting in the startup packet, so it also works through PgBouncer in
+    transaction mode, and it holds no server memory per statement and connection.
+    """
     if url.startswith("sqlite"):
         # Our own BEGIN (see configure_sqlite) needs pysqlite's implicit transactions off.
         return {"connect_args": {"check_same_thread": False, "isolation_level": None, "timeout": 30}}
-    return {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 10}
+    options: dict[str, Any] = {
+        "pool_pre_ping": True,
+        "pool_size": pool_size,
+        "max_overflow": max_overflow,
+        "pool_recycle": POOL_RECYCLE_SECONDS,
+        "pool_timeout": 30,
+    }
+    if make_url(url).get_driver_name() == "psycopg":
+        options["connect_args"] = {"prepare_threshold": None}
+    return options
 
 
 def configure_sqlite(engine: Engine) -> None:
@@ -64,8 +106,9 @@ def configure_sqlite(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def make_engine(url: str) -> Engine:
-    engine = create_engine(url, **engine_options(url))
+def make_engine(url: str, **pool: int) -> Engine:
+    """An engine with the app's options; ``pool`` overrides ``pool_size`` / ``max_overflow``."""
+    engine = create_engine(url, **engine_options(url, **pool))
     configure_sqlite(engine)
     return engine
 

@@ -189,3 +189,67 @@ class BreakGlassAttempt(Base):
     attempted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     matched: Mapped[bool] = mapped_column(Boolean, nullable=False)
     __table_args__ = (Index("ix_break_glass_attempt_user", "user_id", "attempted_at"),)
+
+
+class MailboxRow(Base):
+    """One WebMail message in one user's inbox: what the inbox page and the unread count read.
+
+    Derived data (docs/webmail-profile.md, "Mailbox"): written in the message's transaction
+    and on every read-state change, recomputed for a user when their identity or staff
+    assignments change, and checked against the resources by ``fhirserver mailbox check``.
+    The separate index tables cannot hold one composite (user, read, sent) index.
+    """
+
+    __tablename__ = "mailbox"
+    message_id: Mapped[str] = mapped_column(String(ID_LEN), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # The recipient through which this user gets the message (their own identity, or for
+    # staff the provider they work for; the smallest when several match).
+    recipient_ref: Mapped[str] = mapped_column(String(TYPE_LEN + ID_LEN + 1), nullable=False)
+    # The message's ``sent`` as the search index sorts it (the upper bound of its range).
+    sent: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    read: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    read_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    deleted: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    __table_args__ = (
+        Index("ix_mailbox_user_unread", "user_id", "read", "deleted", "sent"),
+        Index("ix_mailbox_user_sent", "user_id", "sent", "message_id"),
+    )
+
+
+class AuditLogRow(Base):
+    """One AuditEvent, append-only: searchable columns, the BALP JSON, and its seal in the hash chain.
+
+    Written with plain Core inserts (fhirserver.core.audit_log), never updated except by the
+    sealer, which fills the three seal columns once (NULL until sealed). ``id`` is the insert
+    order; ``seal_seq`` is the chain order (fhirserver.core.audit_chain).
+    """
+
+    __tablename__ = "audit_log"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(ID_LEN), nullable=False, unique=True)
+    recorded: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    type_code: Mapped[str] = mapped_column(String(64), nullable=False)
+    subtype: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    action: Mapped[str] = mapped_column(String(1), nullable=False)
+    outcome: Mapped[str] = mapped_column(String(1), nullable=False)
+    agent_user: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    agent_ref: Mapped[str | None] = mapped_column(String(TYPE_LEN + ID_LEN + 1), nullable=True)
+    client_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    address: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    patient_ref: Mapped[str | None] = mapped_column(String(TYPE_LEN + ID_LEN + 1), nullable=True)
+    entity_ref: Mapped[str | None] = mapped_column(String(TYPE_LEN + ID_LEN + 1), nullable=True)
+    purpose_of_use: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    request_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    content: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    seal_seq: Mapped[int | None] = mapped_column(BigInteger, nullable=True, unique=True)
+    prev_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    __table_args__ = (
+        Index("ix_audit_log_recorded", "recorded"),
+        Index("ix_audit_log_patient", "patient_ref", "recorded"),
+        Index("ix_audit_log_agent", "agent_ref", "recorded"),
+        Index("ix_audit_log_agent_user", "agent_user", "recorded"),
+        Index("ix_audit_log_entity", "entity_ref", "recorded"),
+        Index("ix_audit_log_unsealed", "seal_seq", "id"),
+    )

@@ -309,10 +309,11 @@ def seed_demo(session: Session, settings: Settings, data: dict[str, Any] | None 
     """The whole demo practice: resources, accounts, clients, then messages. The caller commits."""
     if not settings.dev_mode:
         raise SeedError("the demo practice (published passwords) loads only with FHIRSERVER_ENV=development")
-    from fhirserver.core.ports import install_portal_accounts
-    from smart_auth import accounts
+    from fhirserver.core.ports import install_mailbox_users, install_portal_accounts
+    from smart_auth import accounts, mailbox_users
 
     install_portal_accounts(accounts)  # the WebMail rules check the recipients' portal accounts
+    install_mailbox_users(mailbox_users)  # and write the recipients' mailbox rows
     data = data or load_fixture()
     report = SeedReport()
     seed_resources(session, settings, data, report)

@@ -19,6 +19,8 @@ from fhirserver.config import Settings, load_settings
 SEND_TASK = "notifier.tasks.send_notification"
 SWEEP_TASK = "notifier.tasks.sweep_outbox"
 PURGE_TASK = "notifier.tasks.purge_expired"
+SEAL_AUDIT_TASK = "notifier.tasks.seal_audit_log"
+SEAL_AUDIT_EVERY_SECONDS = 30
 
 _SETTINGS: weakref.WeakKeyDictionary[Celery, Settings] = weakref.WeakKeyDictionary()
 

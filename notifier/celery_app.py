@@ -19,7 +19,15 @@ from typing import Any
 from celery import Celery
 
 from fhirserver.config import ROOT, Settings, load_settings
-from notifier.app_settings import PURGE_TASK, SEND_TASK, SWEEP_TASK, remember, settings_of
+from notifier.app_settings import (
+    PURGE_TASK,
+    SEAL_AUDIT_EVERY_SECONDS,
+    SEAL_AUDIT_TASK,
+    SEND_TASK,
+    SWEEP_TASK,
+    remember,
+    settings_of,
+)
 
 SWEEP_EVERY_SECONDS = 30.0
 PURGE_EVERY_SECONDS = 600.0
@@ -82,6 +90,12 @@ def make_celery(settings: Settings) -> Celery:
                 "task": PURGE_TASK,
                 "schedule": PURGE_EVERY_SECONDS,
                 "options": {"expires": PURGE_EVERY_SECONDS},
+            },
+            # The audit chain: seals what the web processes' batch writers left unsealed.
+            "audit-seal": {
+                "task": SEAL_AUDIT_TASK,
+                "schedule": SEAL_AUDIT_EVERY_SECONDS,
+                "options": {"expires": SEAL_AUDIT_EVERY_SECONDS},
             },
         },
     )

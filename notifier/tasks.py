@@ -39,7 +39,7 @@ from fhirserver.core.principal import system_principal
 from fhirserver.db import make_sessionmaker
 from fhirserver.models import OutboxRow
 from notifier import smtp
-from notifier.app_settings import PURGE_TASK, SEND_TASK, SWEEP_TASK, settings_of
+from notifier.app_settings import PURGE_TASK, SEAL_AUDIT_TASK, SEND_TASK, SWEEP_TASK, settings_of
 from notifier.email import ALERT_RECIPIENT, PORTAL_PATHS, alert_address, build_notification, email_of, message_id_for
 
 log = logging.getLogger(__name__)
@@ -268,3 +268,20 @@ def purge_expired(self: Any) -> dict[str, int]:
     if any(counts.values()):
         log.info("auth purge: %s", ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
     return counts
+
+
+@shared_task(bind=True, name=SEAL_AUDIT_TASK, ignore_result=True)
+def seal_audit_log(self: Any) -> int:
+    """Link every committed, unsealed audit record into the hash chain (fhirserver.core.audit_chain)."""
+    from fhirserver.core import audit_chain
+
+    settings = settings_of(self.app)
+    maker = session_maker(settings)
+    engine = maker.kw["bind"]
+    count = audit_chain.seal_all(engine, audit_chain.chain_key(settings.secret_key))
+    if count:
+        # The head, logged outside the database: an anchor against truncating the chain's end.
+        with engine.connect() as conn:
+            seq, digest = audit_chain.head(conn)
+        log.info("audit chain: sealed %d record(s); head seal %d hash %s", count, seq, digest)
+    return count

@@ -32,7 +32,7 @@ from fhirserver.core.ports import (
     PortalCredentials,
     PortalStateError,
 )
-from smart_auth import grants, passwords, throttle
+from smart_auth import grants, mailbox_users, passwords, throttle
 from smart_auth.hashing import utcnow
 from smart_auth.models import ROLES, StaffAssignment, UserAccount, WebSession
 
@@ -181,6 +181,7 @@ def create_user(
     for ref in refs:
         session.add(StaffAssignment(user_id=user.id, practitioner_ref=ref))
     session.flush()
+    mailbox_users.recompute(session, user)  # mail sent before the account existed is in its inbox
     return user
 
 
@@ -204,6 +205,7 @@ def assign_staff(session: Session, user: UserAccount, practitioner_ref: str, *, 
             return False
         session.add(StaffAssignment(user_id=user.id, practitioner_ref=practitioner_ref))
     session.flush()
+    mailbox_users.recompute(session, user)  # the inbox follows the assignments, in the same transaction
     return True
 
 
@@ -252,6 +254,7 @@ def grant_portal_access(session: Session, settings: Settings, *, patient_id: str
     )
     session.add(user)
     session.flush()
+    mailbox_users.recompute(session, user)  # earlier mail to the patient is in the new inbox
     return PortalCredentials(user.username, otp, user.id)
 
 

@@ -34,10 +34,11 @@ ARTIFACTS = Path(__file__).parent / "artifacts"
 @pytest.fixture(scope="session", autouse=True)
 def _wire_accounts() -> None:
     """The tests are a composition root too: the FHIR core reaches accounts through this port."""
-    from fhirserver.core.ports import install_portal_accounts
-    from smart_auth import accounts
+    from fhirserver.core.ports import install_mailbox_users, install_portal_accounts
+    from smart_auth import accounts, mailbox_users
 
     install_portal_accounts(accounts)
+    install_mailbox_users(mailbox_users)
 
 
 @pytest.fixture(scope="session")

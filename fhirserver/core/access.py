@@ -160,7 +160,9 @@ def _role_conditions(p: Principal, res_type: str, perm: str = "r") -> list[Colum
     # only: writes keep the normal rules (no becoming their primary provider, no delete).
     glass = p.role == "provider" and p.user_id is not None and perm in READ_PERMS
     if res_type == "Patient":
-        mine = ResourceRow.res_id.in_(_patients_of(pracs))
+        # A correlated probe of this row's own general-practitioner index rows: an IN over
+        # _patients_of would build the list of all the provider's patients on every read.
+        mine = _ref_exists("Patient", ("general-practitioner",), "Practitioner", pracs)
         return [or_(mine, ResourceRow.res_id.in_(break_glass_patients(p.user_id or "")))] if glass else [mine]
     if res_type == "Communication":
         return [

@@ -1,26 +1,27 @@
 """BALP-shaped AuditEvents for every PHI interaction and every security event.
 
-AuditEvents are FHIR resources written by the server itself into the same store,
-readable only by an auditor. They name who (user, client, address), what (the
-interaction, the resource or the query's parameter *names*), and the outcome; they
-never carry message bodies, tokens, passwords or usernames. Query values are PHI
-(``name=Smith``), so a search is recorded by its parameter names only.
+AuditEvents are written by the server itself, readable only by an auditor. They name
+who (user, client, address), what (the interaction, the resource or the query's
+parameter *names*), and the outcome; they never carry message bodies, tokens,
+passwords or usernames. Query values are PHI (``name=Smith``), so a search is recorded by its parameter names only.
 
-Writes are audited in the write transaction (the audit row commits or rolls back
-with the change). Reads and failures are audited in a transaction of their own.
+Events are rows of the append-only audit table (fhirserver.core.audit_log), not
+resources. Writes are audited in the write transaction (the audit row commits or rolls
+back with the change). Reads and searches go through the per-process batch writer
+(fhirserver.core.audit_batch), which the response waits for; failures are audited in
+a transaction of their own.
 """
 
 from __future__ import annotations
 
-import json
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.orm import Session
 
+from fhirserver.core import audit_log
 from fhirserver.core.principal import Principal
-from fhirserver.models import IdxDate, IdxReference, IdxToken, ResourceRow, ResourceVersionRow
 
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 REST_TYPE = {"system": DCM, "code": "110112", "display": "Query"}
@@ -92,40 +93,28 @@ def _agents(principal: Principal | None, user_id: str | None, client_id: str | N
     return agents
 
 
-def _store(session: Session, event: dict[str, Any], patient_ref: str | None) -> str:
-    """Write an AuditEvent straight into the store (never through authorization: the server writes it)."""
-    now = datetime.now(UTC)
-    rid = uuid.uuid4().hex
-    event["id"] = rid
-    event["meta"] = {"versionId": "1", "lastUpdated": now.isoformat(timespec="milliseconds")}
-    body = json.dumps(event, separators=(",", ":")).encode()
-    session.add(
-        ResourceRow(
-            res_type="AuditEvent", res_id=rid, version_id=1, last_updated=now, deleted=False, content=body, key_id=None
-        )
-    )
-    session.add(
-        ResourceVersionRow(
-            res_type="AuditEvent",
-            res_id=rid,
-            version_id=1,
-            last_updated=now,
-            deleted=False,
-            method="POST",
-            content=body,
-            key_id=None,
-        )
-    )
-    session.add(IdxDate(res_type="AuditEvent", res_id=rid, param="date", low=now, high=now))
-    session.add(IdxToken(res_type="AuditEvent", res_id=rid, param="outcome", system=None, code=event["outcome"]))
-    if patient_ref and "/" in patient_ref:
-        ptype, pid = patient_ref.split("/", 1)
-        session.add(IdxReference(res_type="AuditEvent", res_id=rid, param="patient", target_type=ptype, target_id=pid))
-    return rid
+def _finish(event: dict[str, Any]) -> dict[str, Any]:
+    """Give the event its id and meta, and turn it into its audit-table row."""
+    event["id"] = uuid.uuid4().hex
+    event["meta"] = {"versionId": "1", "lastUpdated": event["recorded"]}
+    return audit_log.row_for(event)
 
 
-def rest_event(
-    session: Session,
+def _store(session: Session, event: dict[str, Any]) -> str:
+    """Insert an AuditEvent in the caller's transaction (never through authorization: the server writes it)."""
+    row = _finish(event)
+    audit_log.append(session, row)
+    return str(row["event_id"])
+
+
+def rest_event(session: Session, principal: Principal | None, **kwargs: Any) -> str:
+    """Record one FHIR REST interaction in the caller's transaction (see :func:`rest_record`)."""
+    row = rest_record(principal, **kwargs)
+    audit_log.append(session, row)
+    return str(row["event_id"])
+
+
+def rest_record(
     principal: Principal | None,
     *,
     interaction: str,
@@ -135,8 +124,12 @@ def rest_event(
     patient_ref: str | None = None,
     query_params: list[str] | None = None,
     operation: str | None = None,
-) -> str:
-    """Record one FHIR REST interaction (BALP: type rest, subtype the interaction)."""
+) -> dict[str, Any]:
+    """The audit row of one FHIR REST interaction (BALP: type rest, subtype the interaction).
+
+    Built, not stored: the router hands reads and searches to the batch writer
+    (fhirserver.core.audit_batch) and inserts writes' rows in the write transaction.
+    """
     now = datetime.now(UTC)
     subtype = "operation" if operation else interaction
     event: dict[str, Any] = {
@@ -188,7 +181,7 @@ def rest_event(
         )
     if entities:
         event["entity"] = entities
-    return _store(session, event, patient_ref)
+    return _finish(event)
 
 
 def security_event(
@@ -233,4 +226,4 @@ def security_event(
                 },
             }
         ]
-    return _store(session, event, patient_ref)
+    return _store(session, event)

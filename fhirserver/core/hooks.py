@@ -82,6 +82,12 @@ OPERATIONS: dict[tuple[str, str, str], Operation] = {}
 ENTRY_DECORATORS: dict[str, Callable[[Call, list[str]], dict[str, list[dict[str, Any]]]]] = {}
 
 
+# res_type -> function(session, principal, request, restrict) -> a SearchPage, or None to let the
+# generic search run. A planner answers only searches it serves exactly as the generic one
+# would (same rows, order and paging), from a table of its own (the WebMail inbox).
+SEARCH_PLANNERS: dict[str, Callable[[Session, Principal, Any, Any], Any]] = {}
+
+
 def register_operation(
     res_type: str,
     name: str,

@@ -15,6 +15,10 @@ wire ``smart_auth``'s implementations in:
   resetting it. The WebMail rules run wherever a Communication is written (web, CLI,
   seed, tests), so this one is installed per process with :func:`install_portal_accounts`.
   Until it is installed, anything that needs it fails loudly (closed by default).
+- :class:`MailboxUsers` - which user accounts receive mail addressed to a Patient or
+  Practitioner (the accounts with that identity, and staff working for a provider); the
+  WebMail rules write the mailbox rows with it (``fhirserver.webmail.mailbox``). Installed
+  per process with :func:`install_mailbox_users`, like PortalAccounts.
 """
 
 from __future__ import annotations
@@ -111,3 +115,31 @@ def portal_accounts() -> PortalAccounts:
             "no PortalAccounts installed: call fhirserver.core.ports.install_portal_accounts from the composition root"
         )
     return _portal_accounts
+
+
+class MailboxUsers(Protocol):
+    def users_for(self, session: Session, recipient_refs: list[str]) -> list[tuple[str, str]]:
+        """(user id, recipient reference) for every account that reads mail sent to one of the refs.
+
+        An account whose ``fhirUser`` is the reference, and a staff account (one without a
+        ``fhirUser``) assigned to the referenced provider; a user reached through several
+        references appears once per reference.
+        """
+        ...
+
+
+_mailbox_users: MailboxUsers | None = None
+
+
+def install_mailbox_users(impl: MailboxUsers) -> None:
+    """Wire the mailbox-users implementation in (each composition root, next to PortalAccounts)."""
+    global _mailbox_users
+    _mailbox_users = impl
+
+
+def mailbox_users() -> MailboxUsers:
+    if _mailbox_users is None:
+        raise RuntimeError(
+            "no MailboxUsers installed: call fhirserver.core.ports.install_mailbox_users from the composition root"
+        )
+    return _mailbox_users

@@ -14,11 +14,11 @@ import re
 import uuid
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, select, true
 from sqlalchemy.orm import Session
 
 from fhirserver.config import Settings
-from fhirserver.core import access
+from fhirserver.core import access, audit_log
 from fhirserver.core.crypto import ENCRYPTED_TYPES, KeyRing
 from fhirserver.core.errors import FhirError, not_found
 from fhirserver.core.hooks import AFTER_WRITE, BEFORE_WRITE, WriteContext, WriteRule
@@ -68,7 +68,9 @@ class Repository:
             return self.keys.decrypt(row.content, row.key_id, row.res_type, row.res_id, row.version_id)
         return row.content
 
-    def to_stored(self, row: ResourceRow | ResourceVersionRow) -> Stored:
+    def to_stored(self, row: ResourceRow | ResourceVersionRow | Stored) -> Stored:
+        if isinstance(row, Stored):  # AuditEvents come from their own table already rendered
+            return row
         return Stored(row.res_type, row.res_id, row.version_id, row.last_updated, self._decode(row), row.deleted)
 
     def _current(self, res_type: str, res_id: str, *, lock: bool = False) -> ResourceRow | None:
@@ -93,13 +95,52 @@ class Repository:
             raise not_found(res_type, res_id)
         return row
 
+    def _audit_event(self, res_id: str) -> Stored:
+        """AuditEvents live in the audit table (fhirserver.core.audit_log): auditors read them there."""
+        check_id(res_id)
+        access.check_interaction(self.principal, "AuditEvent", "r")
+        return audit_log.read(self.session, res_id)
+
     def read(self, res_type: str, res_id: str) -> Stored:
-        row = self._visible_row(res_type, res_id, "r")
+        """The current version, if the grant reaches it: one Core query, no ORM objects.
+
+        The grant's conditions are a column of the same query (``visible``), so that one round
+        trip both fetches the stored bytes and decides: absent or outside the grant is 404
+        either way (nothing tells them apart), a deleted one inside it is 410. The bytes are
+        served as stored (decrypted for Communication).
+        """
+        if res_type in access.AUDIT_TYPES:
+            return self._audit_event(res_id)
+        check_type(res_type)
+        check_id(res_id)
+        access.check_interaction(self.principal, res_type, "r")
+        conds = access.row_conditions(self.principal, res_type, "r")
+        visible = and_(*conds) if conds else true()
+        stmt = select(
+            ResourceRow.version_id,
+            ResourceRow.last_updated,
+            ResourceRow.deleted,
+            ResourceRow.content,
+            ResourceRow.key_id,
+            visible.label("visible"),
+        ).where(ResourceRow.res_type == res_type, ResourceRow.res_id == res_id)
+        self.session.flush()  # what the ORM's autoflush would do: this request's own writes count
+        row = self.session.connection().execute(stmt).first()
+        if row is None or not row.visible:
+            raise not_found(res_type, res_id)
         if row.deleted:
             raise FhirError(410, "deleted", f"{res_type}/{res_id} was deleted")
-        return self.to_stored(row)
+        content = row.content or b""
+        if row.content is not None and row.key_id:
+            content = self.keys.decrypt(row.content, row.key_id, res_type, res_id, row.version_id)
+        return Stored(res_type, res_id, row.version_id, row.last_updated, content, row.deleted)
 
     def vread(self, res_type: str, res_id: str, version_id: str) -> Stored:
+        if res_type in access.AUDIT_TYPES:
+            stored = self._audit_event(res_id)
+            if version_id != "1":
+                raise FhirError(404, "not-found", f"{res_type}/{res_id} has no version {version_id[:20]}")
+            return stored
         self._visible_row(res_type, res_id, "r")
         if not re.fullmatch(r"[0-9]+", version_id):
             raise FhirError(400, "invalid", "The version id must be a number")
@@ -112,6 +153,8 @@ class Repository:
         return self.to_stored(row)
 
     def history(self, res_type: str, res_id: str) -> list[Stored]:
+        if res_type in access.AUDIT_TYPES:
+            return [self._audit_event(res_id)]  # append-only: one version
         self._visible_row(res_type, res_id, "r")
         rows = self.session.execute(
             select(ResourceVersionRow)
@@ -122,12 +165,20 @@ class Repository:
 
     def search(self, res_type: str, params: list[tuple[str, str]]) -> Any:
         """Run a search confined to the grant; returns fhirserver.search.query.SearchPage."""
-        from fhirserver.search.query import parse_search, run_search
+        from fhirserver.search.query import SearchPage, parse_search, run_search
 
         check_type(res_type)
         access.check_interaction(self.principal, res_type, "s")
         req = parse_search(res_type, params, cursor_key=cursor_key(self.settings), server_base=self.settings.fhir_base)
-        return run_search(self.session, req, access.row_conditions(self.principal, res_type, "s"))
+        if res_type in access.AUDIT_TYPES:
+            rows, cursor = audit_log.search(self.session, req)
+            return SearchPage(rows, cursor)  # type: ignore[arg-type]
+        from fhirserver.core.hooks import SEARCH_PLANNERS
+
+        restrict = access.row_conditions(self.principal, res_type, "s")
+        planner = SEARCH_PLANNERS.get(res_type)
+        page = planner(self.session, self.principal, req, restrict) if planner else None
+        return page if page is not None else run_search(self.session, req, restrict)
 
     def visible_ids(self, res_type: str, ids: list[str]) -> set[str]:
         conds = access.row_conditions(self.principal, res_type)

@@ -12,12 +12,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from fhirserver.config import Settings
-from fhirserver.core import access, audit, capability, interactions
+from fhirserver.core import access, audit, audit_batch, audit_log, capability, interactions
 from fhirserver.core.errors import FhirError
 from fhirserver.core.http import FhirRequest, FhirResponse
 from fhirserver.core.principal import Principal
@@ -67,6 +68,10 @@ ROUTES: list[tuple[str, str, str, Handler]] = [
     ("POST", ":type/:id/$:op", "operation", interactions.instance_operation),
 ]
 WRITES = frozenset({"create", "update", "delete"})
+# Interactions that only read: their audit records go through the batch writer, and the
+# response waits for its commit. Writes and operations (which may write) keep theirs in
+# their own transaction.
+BATCHED = frozenset({"read", "vread", "history-instance", "search-type"})
 # Paths spelled out in full (``metadata``): only their own routes apply, so that
 # ``POST metadata`` is a 405 rather than a create on a resource type named "metadata".
 LITERAL_PATHS = frozenset(p for _, p, _, _ in ROUTES if not any(x.startswith((":", "$:")) for x in p.split("/")))
@@ -121,6 +126,8 @@ def dispatch(req: FhirRequest, session: Session, settings: Settings, principal: 
     call = Call(req, session, settings, principal, params, name, Repository(session, settings, principal))
     try:
         response = handler(call)
+        if name in BATCHED:
+            return _send_after_audit(call, response)
         if name != "capabilities":
             _audit(call, response.status)
         session.commit()
@@ -140,15 +147,38 @@ def _anonymous() -> Principal:
     return Principal(role="anonymous", scopes=ScopeSet.parse(""))
 
 
+def _send_after_audit(call: Call, response: FhirResponse) -> FhirResponse:
+    """A read's response goes out only once its audit record has committed (group commit).
+
+    The read's own transaction ends first (on SQLite it holds the one write lock, which
+    the batch writer needs); a batch that fails answers 500, never a silent loss.
+    """
+    row = _audit_row(call, response.status)
+    call.session.commit()
+    if row is None:
+        return response
+    try:
+        audit_batch.writer_for(call.session.get_bind()).write([row])  # type: ignore[arg-type]
+    except audit_batch.AuditWriteFailed:
+        log.error("the audit record of a %s could not be stored; the response is withheld", call.interaction)
+        return error_response(FhirError(500, "exception", "The server could not complete the request"))
+    return response
+
+
 def _audit(call: Call, status: int) -> None:
+    row = _audit_row(call, status)
+    if row is not None:
+        audit_log.append(call.session, row)
+
+
+def _audit_row(call: Call, status: int) -> dict[str, Any] | None:
     rtype = call.res_type
     if rtype is None:
-        return
+        return None
     # Break-glass access is recorded as emergency treatment (access.audit_purpose decides).
     purpose = access.audit_purpose(call.session, call.principal, call.patient_ref, rtype)
     principal = replace(call.principal, purpose_of_use=purpose)
-    audit.rest_event(
-        call.session,
+    return audit.rest_record(
         principal,
         interaction=call.interaction,
         status=status,

@@ -94,12 +94,17 @@ REGISTRY: dict[str, dict[str, SearchParam]] = {
         SearchParam("status", "token", ("status",)),
         SearchParam("sent", "date", ("sent",)),
     ),
-    # fhirserver.core.audit writes these rows itself (same names); extraction here keeps
-    # a re-index consistent with the R4 definitions.
+    # AuditEvents are searched over the columns of the audit table (fhirserver.core.audit_log),
+    # not index rows; the definitions here validate the query and follow R4.
     "AuditEvent": _table(
         SearchParam("date", "date", ("recorded",)),
         SearchParam("outcome", "token", ("outcome",)),
         SearchParam("patient", "reference", ("agent.who", "entity.what"), ("Patient",)),
+        SearchParam("action", "token", ("action",)),
+        SearchParam("type", "token", ("type",)),
+        SearchParam("subtype", "token", ("subtype",)),
+        SearchParam("agent", "reference", ("agent.who",)),
+        SearchParam("entity", "reference", ("entity.what",)),
     ),
 }
 

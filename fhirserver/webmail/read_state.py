@@ -1,7 +1,8 @@
 """Read state per (message, user): marking, the live unread count, and read receipts.
 
-Absence of a row means unread. The unread count is a live, index-backed query (no
-cache), so it is exact the moment a message commits or is read.
+Absence of a row means unread. The unread count is a live query (no cache) over the
+user's mailbox rows (``fhirserver.webmail.mailbox``), which every read-state change here
+updates in the same transaction, so it is exact the moment a message commits or is read.
 """
 
 from __future__ import annotations
@@ -13,23 +14,25 @@ from sqlalchemy import ColumnElement, Select, and_, delete, exists, func, or_, s
 from sqlalchemy.orm import Session
 
 from fhirserver.models import IdxReference, IdxToken, ReadState, ResourceRow
-from fhirserver.webmail import profile
+from fhirserver.webmail import mailbox, profile
 
 
 def mark_read(session: Session, communication_id: str, user_id: str, reader_ref: str) -> None:
+    """Record the read (once) and set the user's mailbox row read, in the same transaction."""
     if session.get(ReadState, (communication_id, user_id)) is None:
-        session.add(
-            ReadState(
-                communication_id=communication_id, user_id=user_id, reader_ref=reader_ref, read_at=datetime.now(UTC)
-            )
+        state = ReadState(
+            communication_id=communication_id, user_id=user_id, reader_ref=reader_ref, read_at=datetime.now(UTC)
         )
+        session.add(state)
         session.flush()
+        mailbox.set_read(session, communication_id, user_id, state.read_at)
 
 
 def mark_unread(session: Session, communication_id: str, user_id: str) -> None:
     session.execute(
         delete(ReadState).where(ReadState.communication_id == communication_id, ReadState.user_id == user_id)
     )
+    mailbox.set_read(session, communication_id, user_id, None)
 
 
 def unread_query(
@@ -92,7 +95,22 @@ def unread_query(
 def unread_count(
     session: Session, user_id: str, recipient_refs: list[str], grant_conditions: Sequence[ColumnElement[bool]] = ()
 ) -> int:
-    """WebMail addressed to any of ``recipient_refs`` that this user has not read (inside the grant)."""
+    """WebMail addressed to any of ``recipient_refs`` that this user has not read (inside the grant).
+
+    Counted over the user's mailbox rows (``fhirserver.webmail.mailbox``), which hold exactly
+    the messages addressed to the user's identity or, for staff, their providers
+    (docs/webmail-profile.md, "Mailbox"). ``unread_query`` is the same count from the
+    resources and index rows: the tests compare the two.
+    """
+    if not recipient_refs:
+        return 0
+    return mailbox.unread_count(session, user_id, grant_conditions)
+
+
+def unread_count_from_resources(
+    session: Session, user_id: str, recipient_refs: list[str], grant_conditions: Sequence[ColumnElement[bool]] = ()
+) -> int:
+    """The unread count without the mailbox (the definition the mailbox must agree with)."""
     if not recipient_refs:
         return 0
     return int(session.execute(unread_query(user_id, recipient_refs, grant_conditions)).scalar_one())

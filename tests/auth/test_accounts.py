@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import select
 
 from fhirserver.core.ports import PORTAL_ACTIVE, PORTAL_DISABLED, PORTAL_NONE, PortalStateError
-from fhirserver.models import ResourceRow
+from fhirserver.models import AuditLogRow
 from smart_auth import accounts, passwords
 from smart_auth.accounts import AccountError
 from smart_auth.models import LoginThrottle, UserAccount
@@ -161,13 +161,13 @@ def test_successful_login_rehashes_with_new_parameters(db_session, settings) -> 
 
 def test_login_events_are_audited_without_usernames(db_session, settings) -> None:
     user = make_user(db_session, settings)
-    before = db_session.execute(select(ResourceRow.res_id).where(ResourceRow.res_type == "AuditEvent")).scalars()
+    before = db_session.execute(select(AuditLogRow.event_id)).scalars()
     seen = set(before)
     accounts.authenticate(db_session, settings, user.username, "wrong password!", random_address())
     accounts.authenticate(db_session, settings, user.username, PASSWORD, random_address())
     db_session.commit()
-    rows = db_session.execute(select(ResourceRow).where(ResourceRow.res_type == "AuditEvent")).scalars()
-    new = [r for r in rows if r.res_id not in seen]
+    rows = db_session.execute(select(AuditLogRow)).scalars()
+    new = [r for r in rows if r.event_id not in seen]
     bodies = [r.content.decode() for r in new]
     assert len([b for b in bodies if '"code":"login"' in b]) == 2
     assert all(user.username not in b and PASSWORD not in b for b in bodies)

@@ -341,13 +341,13 @@ def test_client_without_refresh_grant_gets_no_refresh_token(web, db_session, set
 
 
 def test_token_issue_is_audited(web, db_session, settings, patient) -> None:
-    from fhirserver.models import ResourceRow
+    from fhirserver.models import AuditLogRow
 
     client_app = make_client(db_session)
     code, verifier = get_code(web, settings, client_app, patient.username, PATIENT_SCOPE)
     token = exchange(web, client_app, code, verifier).json["access_token"]
     db_session.expire_all()
-    events = db_session.execute(select(ResourceRow.content).where(ResourceRow.res_type == "AuditEvent")).scalars()
+    events = db_session.execute(select(AuditLogRow.content)).scalars()
     mine = [e for e in events if client_app.client_id.encode() in e]
     assert any(b'"code":"token-issue"' in e and patient.id.encode() in e for e in mine)
     assert not any(token[-40:].encode() in e or patient.username.encode() in e for e in mine)

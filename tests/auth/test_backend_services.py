@@ -18,7 +18,7 @@ import time_machine
 
 from fhirserver.core.principal import system_principal
 from fhirserver.core.repository import Repository
-from fhirserver.models import ResourceRow
+from fhirserver.models import AuditLogRow
 from smart_auth import backend_services, client_jwks, clients
 from smart_auth.clients import ClientError
 from smart_auth.models import AssertionJti
@@ -360,7 +360,7 @@ def test_B11_backend_tokens_live_300_seconds_not_authlibs_ten_days(
 def test_D4_token_issue_is_audited(client: Any, settings: Any, backend: Backend, db_session: Any) -> None:
     assert request_token(client, assertion(settings, backend)).status_code == 200
     db_session.rollback()
-    rows = db_session.query(ResourceRow).filter_by(res_type="AuditEvent").all()
+    rows = db_session.query(AuditLogRow).all()
     assert any(b"token-issue" in r.content and backend.client_id.encode() in r.content for r in rows)
 
 
@@ -659,7 +659,7 @@ def test_D_cli_token_client_prints_an_audited_system_token(
     assert claims["exp"] - claims["iat"] <= 300
     assert client.get("/fhir/Patient?_count=1", headers=bearer(token)).status_code == 200
     db_session.rollback()
-    rows = db_session.query(ResourceRow).filter_by(res_type="AuditEvent").all()
+    rows = db_session.query(AuditLogRow).all()
     assert any(b'"cli-token"' in r.content and backend.client_id.encode() in r.content for r in rows)
     db_session.rollback()  # SQLite: end the read before the command writes
     # Only within the registration, only system/ scopes, only backend clients.

@@ -14,7 +14,7 @@ from datetime import timedelta
 import time_machine
 from sqlalchemy import select
 
-from fhirserver.models import ResourceRow
+from fhirserver.models import AuditLogRow
 from smart_auth.hashing import utcnow
 from tests.auth.support import (
     COOKIE,
@@ -54,7 +54,7 @@ def test_E3_no_password_code_verifier_or_token_in_logs_or_audit(app, db_session,
     user = make_user(db_session, settings, prefix="zzlogname")
     registered = make_client(db_session, confidential=True)
     username = user.username
-    before = set(db_session.execute(select(ResourceRow.res_id).where(ResourceRow.res_type == "AuditEvent")).scalars())
+    before = set(db_session.execute(select(AuditLogRow.event_id)).scalars())
     db_session.rollback()
     web = new_web_client(app)
     scope = "launch/patient openid fhirUser patient/Patient.rs offline_access"
@@ -71,9 +71,7 @@ def test_E3_no_password_code_verifier_or_token_in_logs_or_audit(app, db_session,
         assert secret not in caplog.text
     db_session.expire_all()
     trail = b"\n".join(
-        db_session.execute(
-            select(ResourceRow.content).where(ResourceRow.res_type == "AuditEvent", ResourceRow.res_id.notin_(before))
-        ).scalars()
+        db_session.execute(select(AuditLogRow.content).where(AuditLogRow.event_id.notin_(before))).scalars()
     )
     db_session.rollback()
     assert b"token-revoke" in trail and b"token-refresh" in trail and b'"logout"' in trail

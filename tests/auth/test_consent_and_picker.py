@@ -8,7 +8,7 @@ from sqlalchemy import select
 
 from fhirserver.core.principal import system_principal
 from fhirserver.core.repository import Repository
-from fhirserver.models import ResourceRow
+from fhirserver.models import AuditLogRow
 from smart_auth.models import Consent
 from smart_auth.tokens import verify_access_token
 from tests.auth.support import (
@@ -74,7 +74,7 @@ def test_consent_lists_every_scope_and_honours_deselection(app, db_session, sett
     # ... but asking for more shows it again.
     r, _ = _start(web, settings, third, SCOPE)
     assert r.headers["Location"].endswith("/auth/authorize/consent")
-    events = db_session.execute(select(ResourceRow.content).where(ResourceRow.res_type == "AuditEvent")).scalars()
+    events = db_session.execute(select(AuditLogRow.content)).scalars()
     assert any(b'"code":"consent"' in e and third.client_id.encode() in e for e in events)
 
 

@@ -18,7 +18,7 @@ import time_machine
 from sqlalchemy import select
 
 from fhirserver.extensions import db
-from fhirserver.models import ResourceRow
+from fhirserver.models import AuditLogRow
 from smart_auth import clients
 from smart_auth.cors_origins import REFRESH_SECONDS
 from tests.auth.support import build_app, make_client, new_web_client
@@ -82,7 +82,7 @@ def _assert_allowed(resp: Any, origin: str) -> None:
 
 def _refused_audits(db_session: Any, address: str) -> int:
     db_session.rollback()
-    rows = db_session.execute(select(ResourceRow.content).where(ResourceRow.res_type == "AuditEvent")).scalars()
+    rows = db_session.execute(select(AuditLogRow.content)).scalars()
     count = sum(1 for c in rows if b"fhir-unauthorized" in c and address.encode() in c)
     db_session.rollback()  # SQLite: every transaction holds the write lock (BEGIN IMMEDIATE)
     return count

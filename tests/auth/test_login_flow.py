@@ -6,7 +6,7 @@ import re
 
 from sqlalchemy import select
 
-from fhirserver.models import ResourceRow
+from fhirserver.models import AuditLogRow
 from smart_auth import accounts
 from smart_auth.models import UserAccount, WebSession
 from tests.auth.support import (
@@ -214,7 +214,7 @@ def test_logout_confirmation_next_and_audit(app, db_session, settings) -> None:
     page = web.get("/auth/logout")
     r = web.post("/auth/logout", data={"csrf_token": csrf_from(page.data), "next": "/portal/"})
     assert r.headers["Location"] == "/portal/"
-    events = db_session.execute(select(ResourceRow.content).where(ResourceRow.res_type == "AuditEvent")).scalars()
+    events = db_session.execute(select(AuditLogRow.content)).scalars()
     assert any(b'"code":"logout"' in e and user.id.encode() in e for e in events)
 
 

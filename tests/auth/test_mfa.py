@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from sqlalchemy import select, text
 
 from fhirserver.db import Base
-from fhirserver.models import ResourceRow
+from fhirserver.models import AuditLogRow
 from smart_auth import mfa
 from smart_auth.models import MfaRecoveryCode, UserMfa, WebSession
 from tests import totp
@@ -62,7 +62,7 @@ def set_cookies(response) -> str:
 
 def audit_events(db_session, user_id: str) -> list[bytes]:
     db_session.expire_all()
-    rows = db_session.execute(select(ResourceRow.content).where(ResourceRow.res_type == "AuditEvent")).scalars()
+    rows = db_session.execute(select(AuditLogRow.content)).scalars()
     out = [e for e in rows if e and user_id.encode() in e]
     db_session.rollback()
     return out

@@ -8,7 +8,7 @@ import logging
 from sqlalchemy import select
 
 from fhirserver.extensions import db
-from fhirserver.models import ResourceRow
+from fhirserver.models import AuditLogRow
 from tests.auth.support import (
     PASSWORD,
     exchange,
@@ -26,12 +26,7 @@ def test_no_username_password_code_or_token_in_logs(app, settings, caplog) -> No
         user = make_user(db.session, settings, prefix="zzlogname")
         client = make_client(db.session)
         username = user.username
-        before = {
-            r
-            for r in db.session.execute(
-                select(ResourceRow.res_id).where(ResourceRow.res_type == "AuditEvent")
-            ).scalars()
-        }
+        before = {r for r in db.session.execute(select(AuditLogRow.event_id)).scalars()}
     web = new_web_client(app)
     assert login(web, username, "wrong password zzsecret").status_code == 400
     code, verifier = get_code(web, settings, client, username, "launch/patient patient/Patient.rs")
@@ -44,13 +39,7 @@ def test_no_username_password_code_or_token_in_logs(app, settings, caplog) -> No
         assert secret not in logged
     with app.app_context():
         events = (
-            db.session.execute(
-                select(ResourceRow.content).where(
-                    ResourceRow.res_type == "AuditEvent", ResourceRow.res_id.notin_(before)
-                )
-            )
-            .scalars()
-            .all()
+            db.session.execute(select(AuditLogRow.content).where(AuditLogRow.event_id.notin_(before))).scalars().all()
         )
     assert len(events) >= 3  # the failed login, the login, the token, the search
     trail = b"\n".join(events)

@@ -120,3 +120,15 @@ def test_F3_production_without_mfa_says_so_at_start(settings: Settings, caplog: 
     with caplog.at_level("WARNING", logger="fhirserver.app"):
         create_app(settings.with_(dev_mode=False, mfa_required=True))
     assert not any("MFA_REQUIRED=0" in r.getMessage() for r in caplog.records)
+
+
+def test_F5_production_on_plain_http_says_browsers_cannot_sign_in(settings: Settings, caplog: Any) -> None:
+    from fhirserver.app import create_app
+
+    with caplog.at_level("WARNING", logger="fhirserver.app"):
+        create_app(settings.with_(dev_mode=False, base_url="http://clinic.example"))
+    assert any("Secure cookies need https" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="fhirserver.app"):
+        create_app(settings.with_(dev_mode=False, base_url=HTTPS))
+    assert not any("Secure cookies need https" in r.getMessage() for r in caplog.records)

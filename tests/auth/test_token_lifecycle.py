@@ -149,13 +149,13 @@ def test_B10_revocation_is_seen_at_once_by_another_app_instance(settings, db_ses
 def test_B10_revocation_is_audited_without_the_token(app, web, db_session, settings, patient) -> None:
     from sqlalchemy import select
 
-    from fhirserver.models import ResourceRow
+    from fhirserver.models import AuditLogRow
 
     client_app = make_client(db_session, confidential=True)
     tokens = _tokens(web, settings, client_app, patient)
     _revoke(web, client_app, tokens["refresh_token"])
     db_session.expire_all()
-    rows = db_session.execute(select(ResourceRow.content).where(ResourceRow.res_type == "AuditEvent")).scalars()
+    rows = db_session.execute(select(AuditLogRow.content)).scalars()
     revokes = [r.decode() for r in rows if b'"token-revoke"' in r]
     assert revokes and all(tokens["refresh_token"] not in r and tokens["access_token"][-32:] not in r for r in revokes)
     db_session.rollback()

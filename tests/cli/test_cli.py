@@ -17,7 +17,7 @@ from sqlalchemy import create_engine, func, inspect, select
 from fhirserver.cli import main
 from fhirserver.config import load_settings
 from fhirserver.db import make_sessionmaker
-from fhirserver.models import OutboxRow, ResourceRow, ResourceVersionRow
+from fhirserver.models import AuditLogRow, OutboxRow, ResourceRow, ResourceVersionRow
 from fhirserver.seed import FIXTURE, load_fixture
 from smart_auth.models import OAuthClient, StaffAssignment, UserAccount
 from tests import conftest
@@ -308,7 +308,7 @@ def make_user(session, cli_settings, role: str = "admin", **extra) -> UserAccoun
 
 def cli_token_events(session, user_id: str) -> int:
     session.rollback()
-    rows = session.scalars(select(ResourceRow).where(ResourceRow.res_type == "AuditEvent"))
+    rows = session.scalars(select(AuditLogRow))
     found = sum(1 for r in rows if b'"cli-token"' in r.content and user_id.encode() in r.content)
     session.rollback()
     return found
@@ -436,7 +436,7 @@ def test_user_add_prints_a_one_time_password_once_and_audits(cli_env, cli_settin
     assert password not in user.password_hash
     events = [
         r.content
-        for r in session.scalars(select(ResourceRow).where(ResourceRow.res_type == "AuditEvent"))
+        for r in session.scalars(select(AuditLogRow))
         if b'"user-admin"' in r.content and user.id.encode() in r.content
     ]
     assert events and not any(name.encode() in e or password.encode() in e for e in events)

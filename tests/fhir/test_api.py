@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import select
 
 from fhirserver.extensions import db
-from fhirserver.models import ResourceRow
+from fhirserver.models import AuditLogRow, ResourceRow
 from tests.factories import PATIENT_SCOPE, PROVIDER_SCOPE, make_practice, message_json, patient_json, token_for
 from tests.support import uid
 
@@ -318,12 +318,7 @@ def test_phi_interactions_write_valid_balp_audit_events(app, client, practice, p
         ),
     }
     with app.app_context():
-        events = [
-            json.loads(c)
-            for c in db.session.execute(
-                select(ResourceRow.content).where(ResourceRow.res_type == "AuditEvent")
-            ).scalars()
-        ]
+        events = [json.loads(c) for c in db.session.execute(select(AuditLogRow.content)).scalars()]
     for rid, (subtype, action, patient) in expected.items():
         (event,) = [e for e in events if rid in json.dumps(e)]
         AuditEvent.model_validate(event)

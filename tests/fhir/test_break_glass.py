@@ -21,7 +21,7 @@ from fhirserver.break_glass import MAX_ATTEMPTS, REVIEW_DAYS, purge, reason_of, 
 from fhirserver.core.principal import system_principal
 from fhirserver.core.repository import Repository
 from fhirserver.extensions import db
-from fhirserver.models import BreakGlassAttempt, BreakGlassGrant, OutboxRow, ResourceRow
+from fhirserver.models import AuditLogRow, BreakGlassAttempt, BreakGlassGrant, OutboxRow
 from notifier.email import BREAK_GLASS_KIND, alert_recipient_ref, build_notification
 from tests.factories import PROVIDER_SCOPE, message_json, patient_json, practitioner_json, token_for
 from tests.support import MailCatcher, uid
@@ -152,7 +152,7 @@ def _grants(app: Any, user_id: str) -> list[BreakGlassGrant]:
 
 def _audit_events(app: Any, settings: Any, patient_id: str | None = None) -> list[dict[str, Any]]:
     with app.app_context():
-        stmt = select(ResourceRow).where(ResourceRow.res_type == "AuditEvent")
+        stmt = select(AuditLogRow)
         rows = db.session.execute(stmt).scalars().all()
         events = [json.loads(r.content) for r in rows if r.content]
         db.session.remove()

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import select
 
 from fhirserver.extensions import db
-from fhirserver.models import OutboxRow, ResourceRow
+from fhirserver.models import AuditLogRow, OutboxRow, ResourceRow
 from smart_auth import accounts
 from smart_auth.models import OAuthGrant
 from tests.auth.support import login, new_web_client
@@ -211,7 +211,7 @@ def test_defect1_reset_ends_sessions_and_tokens_and_emails_a_notice(app, client,
             .all()
         )
         assert len(rows) == 1 and rows[0].status == "pending"
-        audit = db.session.get(ResourceRow, ("AuditEvent", rows[0].subject_id))
+        audit = db.session.scalars(select(AuditLogRow).where(AuditLogRow.event_id == rows[0].subject_id)).first()
         assert audit is not None and b"portal-password-reset" in audit.content
         assert params["password"].encode() not in audit.content
         grants = db.session.execute(select(OAuthGrant).where(OAuthGrant.user_id == practice.patient_user_id))

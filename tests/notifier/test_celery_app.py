@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from fhirserver.config import Settings
-from notifier.app_settings import PURGE_TASK
+from notifier.app_settings import PURGE_TASK, SEAL_AUDIT_TASK
 from notifier.celery_app import SEND_TASK, SWEEP_TASK, make_celery, settings_of
 from tests.support import wait_until
 
@@ -22,7 +22,7 @@ def test_configuration(tmp_path: Path) -> None:
     assert conf.task_ignore_result is True and not conf.result_backend
     assert conf.task_always_eager is False
     schedule = {entry["task"]: entry["schedule"] for entry in conf.beat_schedule.values()}
-    assert schedule == {SWEEP_TASK: 30.0, PURGE_TASK: 600.0}
+    assert schedule == {SWEEP_TASK: 30.0, PURGE_TASK: 600.0, SEAL_AUDIT_TASK: 30.0}
     assert {SEND_TASK, SWEEP_TASK, PURGE_TASK} <= set(app.tasks)
     opts = conf.broker_transport_options
     assert opts["data_folder_in"] == opts["data_folder_out"] == str(tmp_path / "b")

@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy import delete
 
 from fhirserver.core.errors import FhirError
 from fhirserver.models import IdxString, ResourceRow
@@ -386,8 +385,9 @@ def test_unknown_parameter_is_refused_before_any_query(store: Store) -> None:
 
 
 def test_audit_events_written_by_the_audit_module_are_searchable(store: Store) -> None:
+    """AuditEvents are searched over the audit table's columns (fhirserver.core.audit_log)."""
+    from fhirserver.core import audit_log
     from fhirserver.core.audit import rest_event
-    from fhirserver.models import IdxDate, IdxReference, IdxToken
 
     pid = store.prefix + "pat"
     ok = rest_event(
@@ -399,7 +399,7 @@ def test_audit_events_written_by_the_audit_module_are_searchable(store: Store) -
         res_id=pid,
         patient_ref=f"Patient/{pid}",
     )
-    bad = rest_event(
+    rest_event(
         store.session,
         None,
         interaction="read",
@@ -409,19 +409,8 @@ def test_audit_events_written_by_the_audit_module_are_searchable(store: Store) -
         patient_ref=f"Patient/{pid}",
     )
     store.session.flush()
-    mine = [ResourceRow.res_id.in_([ok, bad])]
     req = parse_search(
         "AuditEvent", [("patient", f"Patient/{pid}"), ("outcome", "0"), ("date", "ge2000")], cursor_key=store.key
     )
-    from fhirserver.search.query import run_search
-
-    assert [r.res_id for r in run_search(store.session, req, mine).rows] == [ok]
-    # re-indexing an audit event from its JSON gives the same rows the writer wrote
-    for table in (IdxDate, IdxReference, IdxToken):
-        store.session.execute(delete(table).where(table.res_type == "AuditEvent", table.res_id == ok))
-    import json
-
-    row = store.session.get(ResourceRow, ("AuditEvent", ok))
-    assert row is not None and row.content is not None
-    write_index(store.session, "AuditEvent", ok, json.loads(row.content))
-    assert [r.res_id for r in run_search(store.session, req, mine).rows] == [ok]
+    rows, _ = audit_log.search(store.session, req)
+    assert [r.res_id for r in rows] == [ok]

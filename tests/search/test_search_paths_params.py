@@ -93,7 +93,14 @@ def test_required_parameters_exist_with_their_types() -> None:
             "_id": "token",
             "_lastUpdated": "date",
         },
-        "AuditEvent": {"date": "date", "patient": "reference", "outcome": "token"},
+        "AuditEvent": {
+            "date": "date",
+            "patient": "reference",
+            "outcome": "token",
+            "action": "token",
+            "agent": "reference",
+            "entity": "reference",
+        },
     }
     for res_type, names in expected.items():
         for name, ptype in names.items():

@@ -1,0 +1,315 @@
+"""The mailbox: one row per (WebMail message, user who receives it), with its sent time and read state.
+
+The inbox page and the unread count read this table through one composite index each,
+instead of intersecting the generic index tables (which cannot hold a (user, read, sent)
+index) and counting every match. It is derived data, kept exact in the transaction of
+every change it depends on (docs/webmail-profile.md, "Mailbox" states the invariant):
+
+- a message's rows are written by the WebMail rules in the message's own transaction;
+- ``$mark-read`` / ``$mark-unread`` update the user's row with the read-state row;
+- a user's rows are recomputed when their identity or staff assignments change
+  (``smart_auth`` calls :func:`recompute_user`: smart_auth may import fhirserver, never the
+  reverse; the users of a recipient come through ``ports.MailboxUsers``).
+
+:func:`expected_rows` computes the rows from the resources, index rows and read-state rows
+alone; the migration's backfill and ``fhirserver mailbox check`` compare against it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import ColumnElement, Select, and_, delete, exists, false, func, insert, or_, select, update
+from sqlalchemy.orm import Session
+
+from fhirserver.core import ports
+from fhirserver.core.hooks import WriteContext
+from fhirserver.models import IdxDate, IdxReference, IdxToken, MailboxRow, ReadState, ResourceRow
+from fhirserver.webmail import profile
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What one mailbox row must hold."""
+
+    recipient_ref: str
+    sent: datetime
+    read: bool
+    read_at: datetime | None
+    deleted: bool
+
+
+Key = tuple[str, str]  # (message id, user id)
+
+
+def _naive_utc(value: datetime) -> datetime:
+    """Compare instants independently of the driver (SQLite hands back naive UTC)."""
+    return value if value.tzinfo is None else value.astimezone(UTC).replace(tzinfo=None)
+
+
+def _webmail_messages(message_ids: Iterable[str] | None) -> Select[tuple[str, bool]]:
+    """Completed WebMail Communications (deleted ones included: their index rows stay)."""
+    conds: list[ColumnElement[bool]] = [
+        ResourceRow.res_type == "Communication",
+        exists(
+            select(IdxToken.pk).where(
+                IdxToken.res_type == "Communication",
+                IdxToken.res_id == ResourceRow.res_id,
+                (IdxToken.param + "") == "category",
+                IdxToken.code == profile.CATEGORY_CODE,
+                IdxToken.system == profile.CATEGORY_SYSTEM,
+            )
+        ),
+        exists(
+            select(IdxToken.pk).where(
+                IdxToken.res_type == "Communication",
+                IdxToken.res_id == ResourceRow.res_id,
+                (IdxToken.param + "") == "status",
+                IdxToken.code == "completed",
+            )
+        ),
+    ]
+    if message_ids is not None:
+        conds.append(ResourceRow.res_id.in_(list(message_ids)))
+    return select(ResourceRow.res_id, ResourceRow.deleted).where(*conds)
+
+
+def _facts(session: Session, message_ids: list[str] | None) -> dict[str, tuple[bool, datetime, list[str]]]:
+    """message id -> (deleted, sent as the search sorts it, recipient references)."""
+    msgs = {mid: deleted for mid, deleted in session.execute(_webmail_messages(message_ids)).all()}
+    if not msgs:
+        return {}
+    ids = list(msgs)
+    recipients: dict[str, list[str]] = {}
+    sent: dict[str, datetime] = {}
+    for chunk in _chunks(ids):
+        for mid, ttype, tid in session.execute(
+            select(IdxReference.res_id, IdxReference.target_type, IdxReference.target_id).where(
+                IdxReference.res_type == "Communication",
+                IdxReference.res_id.in_(chunk),
+                (IdxReference.param + "") == "recipient",
+            )
+        ).all():
+            recipients.setdefault(mid, []).append(f"{ttype}/{tid}")
+        for mid, high in session.execute(
+            select(IdxDate.res_id, func.max(IdxDate.high))
+            .where(IdxDate.res_type == "Communication", IdxDate.res_id.in_(chunk), (IdxDate.param + "") == "sent")
+            .group_by(IdxDate.res_id)
+        ).all():
+            sent[mid] = high
+    return {mid: (msgs[mid], sent[mid], sorted(set(recipients.get(mid, [])))) for mid in ids if mid in sent}
+
+
+def _chunks(ids: list[str], size: int = 500) -> Iterable[list[str]]:
+    for i in range(0, len(ids), size):
+        yield ids[i : i + size]
+
+
+def _read_states(session: Session, keys: Iterable[Key]) -> dict[Key, datetime]:
+    wanted = set(keys)
+    out: dict[Key, datetime] = {}
+    mids = sorted({m for m, _ in wanted})
+    for chunk in _chunks(mids):
+        for mid, uid, read_at in session.execute(
+            select(ReadState.communication_id, ReadState.user_id, ReadState.read_at).where(
+                ReadState.communication_id.in_(chunk)
+            )
+        ).all():
+            if (mid, uid) in wanted:
+                out[(mid, uid)] = read_at
+    return out
+
+
+def expected_rows(
+    session: Session, message_ids: list[str] | None = None, only_user: tuple[str, list[str]] | None = None
+) -> dict[Key, Expected]:
+    """The mailbox rows the resources call for: of the given messages (all when None).
+
+    ``only_user`` = (user id, that user's recipient references) limits the result to one
+    user, whose references the caller knows (the accounts side, on a change of identity or
+    assignments); otherwise the users of each recipient come through ``ports.MailboxUsers``.
+    """
+    facts = _facts(session, message_ids)
+    refs = sorted({r for _, _, rs in facts.values() for r in rs})
+    if only_user is not None:
+        uid, mine = only_user
+        users = [(uid, r) for r in mine if r in set(refs)]
+    else:
+        users = ports.mailbox_users().users_for(session, refs) if refs else []
+    by_ref: dict[str, list[str]] = {}
+    for uid, ref in users:
+        by_ref.setdefault(ref, []).append(uid)
+    targets: dict[Key, tuple[str, datetime, bool]] = {}
+    for mid, (deleted, sent, recipients) in facts.items():
+        for ref in recipients:  # sorted: the smallest reference through which a user is reached wins
+            for uid in by_ref.get(ref, []):
+                targets.setdefault((mid, uid), (ref, sent, deleted))
+    reads = _read_states(session, targets)
+    return {
+        key: Expected(ref, sent, key in reads, reads.get(key), deleted) for key, (ref, sent, deleted) in targets.items()
+    }
+
+
+def _insert(session: Session, rows: dict[Key, Expected]) -> None:
+    if rows:
+        session.execute(
+            insert(MailboxRow),
+            [
+                {
+                    "message_id": mid,
+                    "user_id": uid,
+                    "recipient_ref": e.recipient_ref,
+                    "sent": e.sent,
+                    "read": e.read,
+                    "read_at": e.read_at,
+                    "deleted": e.deleted,
+                }
+                for (mid, uid), e in rows.items()
+            ],
+        )
+
+
+def _lock_recipients(session: Session, refs: list[str], *, exclusive: bool) -> None:
+    """Order a message write and a recompute of its recipients' users (PostgreSQL; SQLite has one writer).
+
+    A send takes ``FOR KEY SHARE`` on its recipients' resource rows (senders do not block
+    each other); a recompute takes ``FOR UPDATE`` on the user's references. Whichever comes
+    second waits for the first to commit and then sees its rows, so a staff member assigned
+    while a message to the provider is being written gets that message either way. Rows are
+    locked in one order (type, id), so two such transactions cannot deadlock on them.
+    """
+    pairs = sorted({tuple(r.split("/", 1)) for r in refs if "/" in r})
+    if not pairs:
+        return
+    match = or_(*[and_(ResourceRow.res_type == t, ResourceRow.res_id == i) for t, i in pairs])
+    stmt = select(ResourceRow.res_type, ResourceRow.res_id).where(match)
+    stmt = stmt.order_by(ResourceRow.res_type, ResourceRow.res_id)
+    session.execute(stmt.with_for_update() if exclusive else stmt.with_for_update(read=True, key_share=True)).all()
+
+
+def message_written(session: Session, message_id: str) -> None:
+    """Write (or rewrite) one message's rows: the WebMail rules call this in the message's transaction."""
+    session.flush()
+    recipients = [
+        f"{t}/{i}"
+        for t, i in session.execute(
+            select(IdxReference.target_type, IdxReference.target_id).where(
+                IdxReference.res_type == "Communication",
+                IdxReference.res_id == message_id,
+                (IdxReference.param + "") == "recipient",
+            )
+        ).all()
+    ]
+    _lock_recipients(session, recipients, exclusive=False)
+    session.execute(delete(MailboxRow).where(MailboxRow.message_id == message_id))
+    _insert(session, expected_rows(session, [message_id]))
+
+
+def after_communication(ctx: WriteContext) -> None:
+    """The WebMail write rule that keeps the mailbox: the message's rows, in its transaction."""
+    message_written(ctx.session, ctx.res_id)
+
+
+def recompute_user(session: Session, user_id: str, recipient_refs: list[str]) -> None:
+    """Rebuild one user's rows: the mail addressed to ``recipient_refs`` (their identity or providers).
+
+    Called by the accounts side in the transaction that creates the account or changes its
+    staff assignments, so the user's inbox and unread count are exact from that commit on.
+    """
+    session.flush()
+    refs = sorted(set(recipient_refs))
+    _lock_recipients(session, refs, exclusive=True)
+    session.execute(delete(MailboxRow).where(MailboxRow.user_id == user_id))
+    if not refs:
+        return
+    ids: set[str] = set()
+    for ref in refs:
+        ttype, _, tid = ref.partition("/")
+        ids.update(
+            session.execute(
+                select(IdxReference.res_id).where(
+                    IdxReference.res_type == "Communication",
+                    IdxReference.param == "recipient",
+                    IdxReference.target_type == ttype,
+                    IdxReference.target_id == tid,
+                )
+            ).scalars()
+        )
+    if ids:
+        _insert(session, expected_rows(session, sorted(ids), only_user=(user_id, refs)))
+
+
+def set_read(session: Session, message_id: str, user_id: str, read_at: datetime | None) -> None:
+    """The user's row follows their read-state row (same transaction); ``None`` means unread."""
+    session.execute(
+        update(MailboxRow)
+        .where(MailboxRow.message_id == message_id, MailboxRow.user_id == user_id)
+        .values(read=read_at is not None, read_at=read_at)
+    )
+
+
+def unread_count(session: Session, user_id: str, grant_conditions: Iterable[ColumnElement[bool]] = ()) -> int:
+    """The user's unread, undeleted rows, counted on ``ix_mailbox_user_unread``.
+
+    Granular scopes (``grant_conditions`` on ``resource`` rows) join each row to its
+    message, so a message the token cannot read is not counted, as before.
+    """
+    conds = list(grant_conditions)
+    stmt = select(func.count()).select_from(MailboxRow)
+    if conds:
+        stmt = stmt.join(
+            ResourceRow, and_(ResourceRow.res_type == "Communication", ResourceRow.res_id == MailboxRow.message_id)
+        )
+    stmt = stmt.where(MailboxRow.user_id == user_id, MailboxRow.read == false(), MailboxRow.deleted == false(), *conds)
+    return int(session.execute(stmt).scalar_one())
+
+
+@dataclass(frozen=True)
+class Difference:
+    message_id: str
+    user_id: str
+    problem: str  # "missing" | "unexpected" | "differs"
+
+
+def check(session: Session, *, fix: bool = False) -> list[Difference]:
+    """Recompute the whole table from the resources and list what differs; ``fix`` rewrites those rows."""
+    want = expected_rows(session)
+    have = {
+        (r.message_id, r.user_id): Expected(r.recipient_ref, r.sent, r.read, r.read_at, r.deleted)
+        for r in session.execute(select(MailboxRow)).scalars()
+    }
+    diffs: list[Difference] = []
+    for key in sorted(set(want) | set(have)):
+        w, h = want.get(key), have.get(key)
+        if w is None:
+            diffs.append(Difference(*key, "unexpected"))
+        elif h is None:
+            diffs.append(Difference(*key, "missing"))
+        elif not _same(w, h):
+            diffs.append(Difference(*key, "differs"))
+    if fix and diffs:
+        for d in diffs:
+            session.execute(
+                delete(MailboxRow).where(MailboxRow.message_id == d.message_id, MailboxRow.user_id == d.user_id)
+            )
+        _insert(
+            session,
+            {(d.message_id, d.user_id): want[(d.message_id, d.user_id)] for d in diffs if d.problem != "unexpected"},
+        )
+        session.flush()
+    return diffs
+
+
+def _same(a: Expected, b: Expected) -> bool:
+    def t(v: datetime | None) -> datetime | None:
+        return None if v is None else _naive_utc(v)
+
+    return (a.recipient_ref, t(a.sent), a.read, t(a.read_at), a.deleted) == (
+        b.recipient_ref,
+        t(b.sent),
+        b.read,
+        t(b.read_at),
+        b.deleted,
+    )
