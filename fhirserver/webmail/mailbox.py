@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import ColumnElement, Select, and_, delete, exists, false, func, insert, or_, select, update
 from sqlalchemy.orm import Session
@@ -49,14 +50,17 @@ def _naive_utc(value: datetime) -> datetime:
     return value if value.tzinfo is None else value.astimezone(UTC).replace(tzinfo=None)
 
 
-def _webmail_messages(message_ids: Iterable[str] | None) -> Select[tuple[str, bool]]:
-    """Completed WebMail Communications (deleted ones included: their index rows stay)."""
-    conds: list[ColumnElement[bool]] = [
-        ResourceRow.res_type == "Communication",
+def completed_webmail(message_id: Any) -> list[ColumnElement[bool]]:
+    """Conditions: the Communication ``message_id`` is WebMail (its category) and completed.
+
+    Probes of the message's own token rows; ``param || ''`` keeps them on the owner index
+    (see ``read_state.unread_query``).
+    """
+    return [
         exists(
             select(IdxToken.pk).where(
                 IdxToken.res_type == "Communication",
-                IdxToken.res_id == ResourceRow.res_id,
+                IdxToken.res_id == message_id,
                 (IdxToken.param + "") == "category",
                 IdxToken.code == profile.CATEGORY_CODE,
                 IdxToken.system == profile.CATEGORY_SYSTEM,
@@ -65,11 +69,19 @@ def _webmail_messages(message_ids: Iterable[str] | None) -> Select[tuple[str, bo
         exists(
             select(IdxToken.pk).where(
                 IdxToken.res_type == "Communication",
-                IdxToken.res_id == ResourceRow.res_id,
+                IdxToken.res_id == message_id,
                 (IdxToken.param + "") == "status",
                 IdxToken.code == "completed",
             )
         ),
+    ]
+
+
+def _webmail_messages(message_ids: Iterable[str] | None) -> Select[tuple[str, bool]]:
+    """Completed WebMail Communications (deleted ones included: their index rows stay)."""
+    conds: list[ColumnElement[bool]] = [
+        ResourceRow.res_type == "Communication",
+        *completed_webmail(ResourceRow.res_id),
     ]
     if message_ids is not None:
         conds.append(ResourceRow.res_id.in_(list(message_ids)))

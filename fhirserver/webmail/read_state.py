@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 from sqlalchemy import ColumnElement, Select, and_, delete, exists, func, or_, select
 from sqlalchemy.orm import Session
 
-from fhirserver.models import IdxReference, IdxToken, ReadState, ResourceRow
-from fhirserver.webmail import mailbox, profile
+from fhirserver.models import IdxReference, ReadState, ResourceRow
+from fhirserver.webmail import mailbox
 
 
 def mark_read(session: Session, communication_id: str, user_id: str, reader_ref: str) -> None:
@@ -66,23 +66,7 @@ def unread_query(
                 *grant_conditions,
             )
         ),
-        exists(
-            select(IdxToken.pk).where(
-                IdxToken.res_type == "Communication",
-                IdxToken.res_id == IdxReference.res_id,
-                (IdxToken.param + "") == "category",
-                IdxToken.code == profile.CATEGORY_CODE,
-                IdxToken.system == profile.CATEGORY_SYSTEM,
-            )
-        ),
-        exists(
-            select(IdxToken.pk).where(
-                IdxToken.res_type == "Communication",
-                IdxToken.res_id == IdxReference.res_id,
-                (IdxToken.param + "") == "status",
-                IdxToken.code == "completed",
-            )
-        ),
+        *mailbox.completed_webmail(IdxReference.res_id),
         ~exists(
             select(ReadState.user_id).where(
                 ReadState.communication_id == IdxReference.res_id,
