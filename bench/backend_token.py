@@ -34,11 +34,10 @@ from urllib.parse import urlencode
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.run import stop, wait_http  # noqa: E402
+from bench.run import stop, wait_http, write_section  # noqa: E402
 from bench.security import GUNICORN, wrk  # noqa: E402
 from tests.support import create_pg_database, drop_pg_database, free_port, test_env  # noqa: E402
 
-START, END = "<!-- bench/backend_token.py: start -->", "<!-- bench/backend_token.py: end -->"
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 SCOPE = "system/Patient.rs"
 
@@ -200,20 +199,9 @@ insert, a grant row, an audit row and a signed access token.
 {ratios}
 """
     if args.output:
-        write_section(Path(args.output), text)
+        write_section(Path(args.output), "backend_token.py", text)
     print(text)
     return 0
-
-
-def write_section(path: Path, text: str) -> None:
-    """Replace (or append) this benchmark's section between its markers."""
-    doc = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{START}\n{text.rstrip()}\n{END}"
-    if START in doc:
-        doc = doc[: doc.index(START)] + block + doc[doc.index(END) + len(END) :]
-    else:
-        doc = doc.rstrip() + "\n\n" + block + "\n"
-    path.write_text(doc)
 
 
 def wrk_args(base: str, script: Path, seconds: int, connections: int, script_args: list[str]) -> dict[str, float]:

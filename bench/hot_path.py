@@ -56,12 +56,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.run import analyze, stop, wait_http  # noqa: E402
+from bench.run import analyze, stop, wait_http, write_section  # noqa: E402
 from bench.security import GUNICORN  # noqa: E402
 from tests.support import create_pg_database, drop_pg_database, free_port, test_env  # noqa: E402
 
-START, END = "<!-- bench/hot_path.py: start -->", "<!-- bench/hot_path.py: end -->"
-SECURITY_SECTION = "<!-- bench/security.py: start -->"
 NAME_MATCH, NAME_QUERY, NAME_MATCHES = "Xyzzy", "xyz", 10
 COMMIT_EVERY = 1000
 # Medplum 4.5.2 on this machine kind (2 cores, PostgreSQL 15 on the host), concurrency 8: the
@@ -594,7 +592,7 @@ def main() -> int:
         shutil.rmtree(tmp, ignore_errors=True)
     text = report(args, data, rows, soaked, load_before, os.getloadavg())
     if args.output:
-        write_section(Path(args.output), text)
+        write_section(Path(args.output), "hot_path.py", text)
     print(text)
     return 0
 
@@ -712,20 +710,6 @@ Against Medplum 4.5.2 (issue 7's fixed reference figures, same machine kind, con
 |---|---|---|---:|---:|
 {chr(10).join(medplum_rows)}
 {soak_text}"""
-
-
-def write_section(path: Path, text: str) -> None:
-    """Replace the section between the markers, or append it at the end (after bench/security.py's
-    marker, which bench/run.py keeps everything from)."""
-    doc = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{START}\n{text.rstrip()}\n{END}"
-    if START in doc and END in doc:
-        doc = doc[: doc.index(START)] + block + doc[doc.index(END) + len(END) :]
-    else:
-        if SECURITY_SECTION not in doc:
-            doc = doc.rstrip() + f"\n\n{SECURITY_SECTION}\n<!-- bench/security.py: end -->"
-        doc = doc.rstrip() + "\n\n" + block + "\n"
-    path.write_text(doc)
 
 
 if __name__ == "__main__":

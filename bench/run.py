@@ -38,6 +38,24 @@ FHIR = "application/fhir+json"
 SECURITY_SECTION = "<!-- bench/security.py: start -->"
 
 
+def write_section(path: Path, name: str, text: str) -> None:
+    """Replace bench/``name``'s section of docs/benchmarks.md between its markers, or append it.
+
+    Appended sections go after bench/security.py's marker, from which this script's own rewrite
+    keeps everything (so the marker is added first when it is missing).
+    """
+    start, end = f"<!-- bench/{name}: start -->", f"<!-- bench/{name}: end -->"
+    doc = path.read_text() if path.exists() else "# Benchmarks\n"
+    block = f"{start}\n{text.rstrip()}\n{end}"
+    if start in doc and end in doc:
+        doc = doc[: doc.index(start)] + block + doc[doc.index(end) + len(end) :]
+    else:
+        if name != "security.py" and SECURITY_SECTION not in doc:
+            doc = doc.rstrip() + f"\n\n{SECURITY_SECTION}\n<!-- bench/security.py: end -->"
+        doc = doc.rstrip() + "\n\n" + block + "\n"
+    path.write_text(doc)
+
+
 def wait_http(url: str, timeout: float = 30) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:

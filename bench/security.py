@@ -34,12 +34,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.run import stop, wait_http  # noqa: E402
+from bench.run import stop, wait_http, write_section  # noqa: E402
 from tests.support import create_pg_database, drop_pg_database, free_port, test_env  # noqa: E402
 
 # The worker class `fhirserver serve` runs (fhirserver/gunicorn_worker.py), for both servers.
 GUNICORN = ["-w", "2", "-k", "fhirserver.gunicorn_worker.FhirThreadWorker", "--threads", "4", "--log-level", "warning"]
-START, END = "<!-- bench/security.py: start -->", "<!-- bench/security.py: end -->"
 PROVIDERS, PATIENTS_EACH, OLD_GRANTS = 20, 50, 10_000
 LOGIN_ROUNDS = 40
 
@@ -182,16 +181,6 @@ def login_times(base: str, logins: list[str]) -> dict[str, list[float]]:
     return out
 
 
-def write_section(path: Path, text: str) -> None:
-    doc = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{START}\n{text.rstrip()}\n{END}"
-    if START in doc:
-        doc = doc[: doc.index(START)] + block + doc[doc.index(END) + len(END) :]
-    else:
-        doc = doc.rstrip() + "\n\n" + block + "\n"
-    path.write_text(doc)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--seconds", type=int, default=10)
@@ -283,7 +272,7 @@ address; F3: an unknown username must not answer faster than a wrong password):
 
 - Unknown user vs wrong password: **{unknown / wrong:.2f}x** the time (1.00x is equal).
 """
-    write_section(Path(args.output), text)
+    write_section(Path(args.output), "security.py", text)
     print(text)
     return 0
 

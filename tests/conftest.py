@@ -83,6 +83,36 @@ def client(app: Any) -> Any:
     return app.test_client()
 
 
+@pytest.fixture(scope="module")
+def cli_env(database_url: str, server_port: int, settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The run's settings as environment variables, for the ``fhirserver`` command (CliRunner).
+
+    The same base URL, secrets and keys: the database is shared with the other test areas, so
+    the clients and tokens the CLI makes must be the ones the run's live server and portal expect.
+    """
+    return test_env(
+        tmp_path_factory.mktemp("cli-var"),
+        database_url,
+        server_port,
+        SECRET_KEY=settings.secret_key,
+        JWT_PRIVATE_KEY_PEM=settings.jwt_private_key_pem,
+        PORTAL_CLIENT_SECRET=settings.portal_client_secret,
+        CONSOLE_CLIENT_SECRET=settings.console_client_secret,
+    )
+
+
+@pytest.fixture()
+def practice(app: Any, settings: Settings) -> Any:
+    """A provider with one patient and their accounts (tests.factories.make_practice), committed."""
+    from fhirserver.extensions import db
+    from tests.factories import make_practice
+
+    with app.app_context():
+        p = make_practice(db.session, settings)
+        db.session.remove()
+    return p
+
+
 @pytest.fixture()
 def db_session(settings: Settings) -> Iterator[Any]:
     """A plain SQLAlchemy session for tests of the Flask-free core."""

@@ -578,21 +578,6 @@ def test_D5_replay_table_refuses_a_second_insert(db_session: Any) -> None:
 # ---------------------------------------------------------------- the command line
 
 
-@pytest.fixture(scope="module")
-def cli_env(database_url: str, server_port: int, settings: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from tests.support import test_env
-
-    return test_env(
-        tmp_path_factory.mktemp("backend-cli"),
-        database_url,
-        server_port,
-        SECRET_KEY=settings.secret_key,
-        JWT_PRIVATE_KEY_PEM=settings.jwt_private_key_pem,
-        PORTAL_CLIENT_SECRET=settings.portal_client_secret,
-        CONSOLE_CLIENT_SECRET=settings.console_client_secret,
-    )
-
-
 def invoke(env: dict[str, str], *args: str) -> Any:
     from click.testing import CliRunner
 

@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 
-from fhirserver.extensions import db
 from tests.auth.support import (
     authorize_params,
     csrf_from,
@@ -18,18 +17,9 @@ from tests.auth.support import (
     pkce_pair,
     query_of,
 )
-from tests.factories import make_practice
 
 SCOPE = "launch/patient openid fhirUser patient/Patient.rs patient/Communication.rs offline_access"
 BOX = re.compile(r'<input type="checkbox" name="scope" id="[^"]+" value="([^"]+)"( checked)?>')
-
-
-@pytest.fixture()
-def practice(app: Any, settings: Any) -> Any:
-    with app.app_context():
-        p = make_practice(db.session, settings)
-        db.session.remove()
-    return p
 
 
 @pytest.fixture()

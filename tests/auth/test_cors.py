@@ -22,7 +22,7 @@ from fhirserver.models import AuditLogRow
 from smart_auth import clients
 from smart_auth.cors_origins import REFRESH_SECONDS
 from tests.auth.support import build_app, make_client, new_web_client
-from tests.factories import PATIENT_SCOPE, make_practice, message_json, token_for
+from tests.factories import PATIENT_SCOPE, message_json, token_for
 from tests.support import uid
 
 FHIR = "application/fhir+json"
@@ -39,14 +39,6 @@ DISCOVERY = [
 def _dispose(app: Any) -> None:
     with app.app_context():
         db.engine.dispose()
-
-
-@pytest.fixture()
-def practice(app: Any, settings: Any) -> Any:
-    with app.app_context():
-        p = make_practice(db.session, settings)
-        db.session.remove()
-    return p
 
 
 @pytest.fixture()

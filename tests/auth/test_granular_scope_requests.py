@@ -20,7 +20,6 @@ from fhirserver.cli import main
 from fhirserver.core.scopes import ScopeError, ScopeSet, parse_scope, validate_requested
 from smart_auth import backend_services, clients, scope_policy
 from smart_auth.tokens import verify_access_token
-from tests import conftest
 from tests.auth.support import (
     authorize_params,
     csrf_from,
@@ -255,20 +254,6 @@ def test_C9_backend_services_take_filtered_system_scopes_and_refuse_undeclared_o
         backend_services.granted_scope("system/Communication.rs?status=completed", "system/*.rs")
     with pytest.raises(InvalidScopeError):
         backend_services.granted_scope(f"system/Communication.rs?category={HL7}|alert", system)
-
-
-@pytest.fixture(scope="module")
-def cli_env(database_url, server_port, settings, tmp_path_factory):
-    """The run's settings as environment variables (as tests/cli/test_cli.py builds them)."""
-    return conftest.test_env(
-        tmp_path_factory.mktemp("granular-cli"),
-        database_url,
-        server_port,
-        SECRET_KEY=settings.secret_key,
-        JWT_PRIVATE_KEY_PEM=settings.jwt_private_key_pem,
-        PORTAL_CLIENT_SECRET=settings.portal_client_secret,
-        CONSOLE_CLIENT_SECRET=settings.console_client_secret,
-    )
 
 
 def test_C9_token_cli_refuses_undeclared_filters(cli_env, db_session, settings) -> None:

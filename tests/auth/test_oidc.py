@@ -13,24 +13,13 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-import pytest
 from joserfc import jwt
 from joserfc.jwk import KeySet
 
-from fhirserver.extensions import db
 from tests.auth.support import authorize_params, exchange, login, make_client, new_web_client, pkce_pair, query_of
-from tests.factories import make_practice
 from tests.support import uid
 
 FHIR_USER_RE = re.compile(r"^https?://[^/]+(/[^?#]*)?/(Patient|Practitioner)/[A-Za-z0-9\-.]{1,64}$")
-
-
-@pytest.fixture()
-def practice(app: Any, settings: Any) -> Any:
-    with app.app_context():
-        p = make_practice(db.session, settings)
-        db.session.remove()
-    return p
 
 
 def _sign_in(app: Any, settings: Any, db_session: Any, username: str, scope: str) -> tuple[Any, dict[str, Any]]:

@@ -39,24 +39,6 @@ def assert_clean_failure(result: Result, code: int, *phrases: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def cli_env(database_url: str, server_port: int, settings, tmp_path_factory: pytest.TempPathFactory):
-    """The run's settings as environment variables: the same base URL, secrets and keys.
-
-    The database is shared with the other test areas, so the clients and tokens the CLI
-    makes here must be the ones the run's live server and portal expect.
-    """
-    return conftest.test_env(
-        tmp_path_factory.mktemp("cli-var"),
-        database_url,
-        server_port,
-        SECRET_KEY=settings.secret_key,
-        JWT_PRIVATE_KEY_PEM=settings.jwt_private_key_pem,
-        PORTAL_CLIENT_SECRET=settings.portal_client_secret,
-        CONSOLE_CLIENT_SECRET=settings.console_client_secret,
-    )
-
-
-@pytest.fixture(scope="module")
 def cli_settings(cli_env: dict[str, str]):
     return load_settings(cli_env)
 

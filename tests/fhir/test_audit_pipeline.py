@@ -20,7 +20,7 @@ from fhirserver.core.audit_batch import AuditBatchWriter, AuditWriteFailed
 from fhirserver.db import make_engine
 from fhirserver.extensions import db
 from fhirserver.models import AuditLogRow
-from tests.factories import PROVIDER_SCOPE, make_practice, token_for
+from tests.factories import PROVIDER_SCOPE, token_for
 from tests.support import uid
 
 TABLE = AuditLogRow.__table__
@@ -93,14 +93,6 @@ def test_E4_failed_batch_fails_every_request_in_it_and_stores_none(engine: Any) 
     assert all(isinstance(r, AuditWriteFailed) for r in results), results
     assert writer.batches_failed == 1 and writer.batches_committed == 0
     assert stored_ids(engine, [innocent["event_id"]]) == set()
-
-
-@pytest.fixture()
-def practice(app: Any, settings: Any) -> Any:
-    with app.app_context():
-        p = make_practice(db.session, settings)
-        db.session.remove()
-    return p
 
 
 def auditor_headers(app: Any, settings: Any) -> dict[str, str]:

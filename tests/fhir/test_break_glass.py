@@ -518,21 +518,6 @@ def test_C12_break_glass_minutes_is_a_checked_setting(tmp_path: Any) -> None:
             load_settings({**env, "BREAK_GLASS_MINUTES": bad})
 
 
-@pytest.fixture(scope="module")
-def cli_env(database_url: str, server_port: int, settings: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from tests.support import test_env
-
-    return test_env(
-        tmp_path_factory.mktemp("break-glass-cli"),
-        database_url,
-        server_port,
-        SECRET_KEY=settings.secret_key,
-        JWT_PRIVATE_KEY_PEM=settings.jwt_private_key_pem,
-        PORTAL_CLIENT_SECRET=settings.portal_client_secret,
-        CONSOLE_CLIENT_SECRET=settings.console_client_secret,
-    )
-
-
 def test_C12_operators_review_and_revoke_grants_from_the_command_line(client: Any, world: World, cli_env: Any) -> None:
     from click.testing import CliRunner
 

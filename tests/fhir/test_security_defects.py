@@ -22,14 +22,6 @@ from tests.factories import PROVIDER_SCOPE, make_patient, make_practice, message
 FHIR = "application/fhir+json"
 
 
-@pytest.fixture()
-def practice(app: Any, settings: Any) -> Any:
-    with app.app_context():
-        p = make_practice(db.session, settings)
-        db.session.remove()
-    return p
-
-
 def _h(token: str, **extra: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}", **extra}
 
