@@ -9,7 +9,7 @@ the providers they are assigned to.
 
 from __future__ import annotations
 
-from sqlalchemy import and_, select
+from sqlalchemy import and_, select, union_all
 from sqlalchemy.orm import Session
 
 from fhirserver.webmail import mailbox
@@ -21,14 +21,14 @@ def users_for(session: Session, recipient_refs: list[str]) -> list[tuple[str, st
     refs = sorted(set(recipient_refs))
     if not refs:
         return []
-    own = session.execute(select(UserAccount.id, UserAccount.fhir_user).where(UserAccount.fhir_user.in_(refs))).all()
-    staff = session.execute(
+    own = select(UserAccount.id, UserAccount.fhir_user).where(UserAccount.fhir_user.in_(refs))
+    staff = (
         select(StaffAssignment.user_id, StaffAssignment.practitioner_ref)
         .join(UserAccount, and_(UserAccount.id == StaffAssignment.user_id, UserAccount.fhir_user.is_(None)))
         .where(StaffAssignment.practitioner_ref.in_(refs))
-    ).all()
-    pairs = {(str(u), str(r)) for u, r in own} | {(str(u), str(r)) for u, r in staff}
-    return sorted(pairs)
+    )
+    # One round trip: this runs in every message's write transaction.
+    return sorted({(str(u), str(r)) for u, r in session.execute(union_all(own, staff)).all()})
 
 
 def refs_of(session: Session, user: UserAccount) -> list[str]:

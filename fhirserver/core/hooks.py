@@ -40,6 +40,11 @@ class WriteContext:
     read_any: Callable[[str, str], dict[str, Any] | None]
     stored: Stored | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    # The index rows the write stored (fhirserver.search.indexing.IndexEntries), for
+    # after-write rules that need what was indexed without reading it back.
+    index: Any = None
+    # True when no row existed before this write (a create): nothing to replace or reread.
+    created: bool = False
 
 
 WriteRule = Callable[[WriteContext], None]

@@ -14,8 +14,9 @@ import re
 import uuid
 from typing import Any
 
-from sqlalchemy import and_, select, true
+from sqlalchemy import Row, Table, and_, insert, select, true, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.util import identity_key
 
 from fhirserver.config import Settings
 from fhirserver.core import access, audit_log
@@ -30,6 +31,10 @@ from fhirserver.core.validation import check_id, check_type, parse_json, validat
 from fhirserver.models import ResourceRow, ResourceVersionRow
 
 __all__ = ["NON_DELETABLE", "NON_UPDATABLE", "Repository", "Stored", "WriteContext"]
+
+# Writes go through SQLAlchemy Core on these tables: no ORM unit of work on the hot path.
+RESOURCES: Table = ResourceRow.__table__  # type: ignore[assignment]
+VERSIONS: Table = ResourceVersionRow.__table__  # type: ignore[assignment]
 
 
 def dumps(data: dict[str, Any]) -> bytes:
@@ -61,23 +66,32 @@ class Repository:
         import fhirserver.rules  # noqa: F401
 
     # -- reading -----------------------------------------------------------------------
-    def _decode(self, row: ResourceRow | ResourceVersionRow) -> bytes:
+    def _decode(self, row: ResourceRow | ResourceVersionRow | Row[Any]) -> bytes:
         if row.content is None:
             return b""
         if row.key_id:
             return self.keys.decrypt(row.content, row.key_id, row.res_type, row.res_id, row.version_id)
         return row.content
 
-    def to_stored(self, row: ResourceRow | ResourceVersionRow | Stored) -> Stored:
+    def to_stored(self, row: ResourceRow | ResourceVersionRow | Row[Any] | Stored) -> Stored:
         if isinstance(row, Stored):  # AuditEvents come from their own table already rendered
             return row
         return Stored(row.res_type, row.res_id, row.version_id, row.last_updated, self._decode(row), row.deleted)
 
-    def _current(self, res_type: str, res_id: str, *, lock: bool = False) -> ResourceRow | None:
-        stmt = select(ResourceRow).where(ResourceRow.res_type == res_type, ResourceRow.res_id == res_id)
+    def _current(self, res_type: str, res_id: str, *, lock: bool = False) -> Row[Any] | None:
+        """The current row as a Core row (no ORM object): ``lock`` takes it FOR UPDATE."""
+        stmt = select(RESOURCES).where(RESOURCES.c.res_type == res_type, RESOURCES.c.res_id == res_id)
         if lock:
             stmt = stmt.with_for_update()
-        return self.session.execute(stmt).scalar_one_or_none()
+        self.session.flush()  # what the ORM's autoflush would do: this request's own writes count
+        return self.session.connection().execute(stmt).first()
+
+    def _forget(self, res_type: str, res_id: str) -> None:
+        """Expire an ORM copy of a row that a Core statement just changed (a search in the
+        same transaction may have loaded it), so that nothing reads the old version."""
+        obj = self.session.identity_map.get(identity_key(ResourceRow, (res_type, res_id)))
+        if obj is not None:
+            self.session.expire(obj)
 
     def read_any(self, res_type: str, res_id: str) -> dict[str, Any] | None:
         """Read without authorization, for rules that must check other records (never returned to users)."""
@@ -86,7 +100,7 @@ class Repository:
             return None
         return self.to_stored(row).json()
 
-    def _visible_row(self, res_type: str, res_id: str, perm: str) -> ResourceRow:
+    def _visible_row(self, res_type: str, res_id: str, perm: str) -> Row[Any]:
         check_type(res_type)
         check_id(res_id)
         access.check_interaction(self.principal, res_type, perm)
@@ -189,7 +203,13 @@ class Repository:
     def _context(self, res_type: str, res_id: str, data: dict[str, Any], old: dict[str, Any] | None) -> WriteContext:
         return WriteContext(self.session, self.settings, self.principal, res_type, res_id, data, old, self.read_any)
 
-    def _store(self, ctx: WriteContext, version_id: int, method: str, row: ResourceRow | None) -> Stored:
+    def _store(self, ctx: WriteContext, version_id: int, method: str, *, new: bool) -> Stored:
+        """Stamp, encrypt and store one version: Core statements, one executemany per index table.
+
+        The body was validated once, before the rules ran; what the rules and this method
+        add (subject, status, sent, category, id, meta) is the server's own, so it is not
+        validated again. ``new``: no row exists yet, so there are no index rows to replace.
+        """
         from fhirserver.search.indexing import write_index
 
         now = now_utc()
@@ -199,31 +219,26 @@ class Repository:
         meta["versionId"] = str(version_id)
         meta["lastUpdated"] = instant(now)
         data["meta"] = meta
-        validate_resource(ctx.res_type, data)
         raw = dumps(data)
         content, key_id = raw, None
         if ctx.res_type in ENCRYPTED_TYPES:
             content, key_id = self.keys.encrypt(raw, ctx.res_type, ctx.res_id, version_id)
-        if row is None:
-            row = ResourceRow(res_type=ctx.res_type, res_id=ctx.res_id)
-            self.session.add(row)
-        row.version_id, row.last_updated, row.deleted = version_id, now, False
-        row.content, row.key_id = content, key_id
-        self.session.add(
-            ResourceVersionRow(
-                res_type=ctx.res_type,
-                res_id=ctx.res_id,
-                version_id=version_id,
-                last_updated=now,
-                deleted=False,
-                method=method,
-                content=content,
-                key_id=key_id,
+        values = {"version_id": version_id, "last_updated": now, "deleted": False, "content": content, "key_id": key_id}
+        conn = self.session.connection()
+        if new:
+            conn.execute(insert(RESOURCES), [{"res_type": ctx.res_type, "res_id": ctx.res_id, **values}])
+        else:
+            conn.execute(
+                update(RESOURCES)
+                .where(RESOURCES.c.res_type == ctx.res_type, RESOURCES.c.res_id == ctx.res_id)
+                .values(**values)
             )
-        )
-        self.session.flush()
+            self._forget(ctx.res_type, ctx.res_id)
+        conn.execute(insert(VERSIONS), [{"res_type": ctx.res_type, "res_id": ctx.res_id, "method": method, **values}])
         # Index from the plaintext dict: encrypted elements have no search parameter.
-        write_index(self.session, ctx.res_type, ctx.res_id, data, server_base=self.settings.fhir_base)
+        ctx.index = write_index(
+            self.session, ctx.res_type, ctx.res_id, data, server_base=self.settings.fhir_base, fresh=new
+        )
         return Stored(ctx.res_type, ctx.res_id, version_id, now, raw)
 
     def _run(self, rules: dict[str, list[WriteRule]], ctx: WriteContext) -> None:
@@ -239,10 +254,11 @@ class Repository:
         new_id = res_id or str(uuid.uuid4())
         data.pop("id", None)
         ctx = self._context(res_type, new_id, data, None)
+        ctx.created = True
         validate_resource(res_type, {**data, "id": new_id})
         self._run(BEFORE_WRITE, ctx)
         access.require_content_in_grant(self.principal, res_type, new_id, ctx.data, perm="c")
-        ctx.stored = self._store(ctx, 1, "POST", None)
+        ctx.stored = self._store(ctx, 1, "POST", new=True)
         self._run(AFTER_WRITE, ctx)
         return ctx.stored
 
@@ -278,7 +294,7 @@ class Repository:
         validate_resource(res_type, data)
         self._run(BEFORE_WRITE, ctx)
         access.require_content_in_grant(self.principal, res_type, res_id, ctx.data, perm="u")
-        ctx.stored = self._store(ctx, row.version_id + 1, "PUT", row)
+        ctx.stored = self._store(ctx, row.version_id + 1, "PUT", new=False)
         self._run(AFTER_WRITE, ctx)
         return ctx.stored, False
 
@@ -293,24 +309,20 @@ class Repository:
             raise not_found(res_type, res_id)
         if row.deleted:
             return
-        now = now_utc()
-        row.version_id += 1
-        row.deleted, row.last_updated, row.content, row.key_id = True, now, None, None
-        self.session.add(
-            ResourceVersionRow(
-                res_type=res_type,
-                res_id=res_id,
-                version_id=row.version_id,
-                last_updated=now,
-                deleted=True,
-                method="DELETE",
-                content=None,
-                key_id=None,
-            )
+        values = {"version_id": row.version_id + 1, "last_updated": now_utc(), "deleted": True}
+        conn = self.session.connection()
+        conn.execute(
+            update(RESOURCES)
+            .where(RESOURCES.c.res_type == res_type, RESOURCES.c.res_id == res_id)
+            .values(**values, content=None, key_id=None)
+        )
+        self._forget(res_type, res_id)
+        conn.execute(
+            insert(VERSIONS),
+            [{"res_type": res_type, "res_id": res_id, "method": "DELETE", "content": None, "key_id": None, **values}],
         )
         # The index rows stay (search skips deleted rows): they still tell who may see the
         # deletion, so a read answers 410 inside the grant and 404 outside it.
-        self.session.flush()
 
 
 def cursor_key(settings: Settings) -> bytes:

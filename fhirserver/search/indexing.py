@@ -77,11 +77,13 @@ def write_index(
     *,
     server_base: str | None = None,
     fresh: bool = False,
-) -> None:
-    """Replace the index rows of ``res_type/res_id`` with those of ``resource``.
+) -> IndexEntries:
+    """Replace the index rows of ``res_type/res_id`` with those of ``resource``; returns them.
 
-    ``fresh=True`` skips the delete when the caller knows the resource is new (bulk
-    import); the default is always correct.
+    ``fresh=True`` skips the delete when the caller knows the resource is new (a create:
+    one DELETE per index table saved); the default is always correct. Each table's rows
+    go in one executemany. The rows are returned so that write rules (the mailbox) can
+    use what was indexed without reading it back.
     """
     entries = extract(res_type, resource, server_base=server_base)
     if not fresh:
@@ -90,3 +92,4 @@ def write_index(
         if rows:
             owned = [{"res_type": res_type, "res_id": res_id, **row} for row in rows]
             session.execute(insert(handler_for(param_type).table), owned)
+    return entries

@@ -219,9 +219,49 @@ def message_written(session: Session, message_id: str) -> None:
     _insert(session, expected_rows(session, [message_id]))
 
 
+def _facts_of_index(index: Any) -> tuple[datetime, list[str]] | None:
+    """(sent, recipients) of a just-written message from its own index rows, as :func:`_facts`
+    reads them from the tables; None when it is not completed WebMail (it gets no rows)."""
+    tokens = index.of("token")
+    category = (profile.CATEGORY_SYSTEM, profile.CATEGORY_CODE)
+    webmail = any(r["param"] == "category" and (r.get("system"), r.get("code")) == category for r in tokens)
+    completed = any(r["param"] == "status" and r.get("code") == "completed" for r in tokens)
+    sent = [r["high"] for r in index.of("date") if r["param"] == "sent"]
+    if not (webmail and completed and sent):
+        return None
+    refs = sorted({f"{r['target_type']}/{r['target_id']}" for r in index.of("reference") if r["param"] == "recipient"})
+    return max(sent), refs
+
+
+def message_created(session: Session, message_id: str, index: Any) -> None:
+    """The rows of a new message, from what its write indexed: no read-back, no read states yet.
+
+    A message that did not exist before has no mailbox rows and no read-state rows, so
+    this is :func:`message_written` without its reads: the recipients' lock, one query
+    for their users, one insert.
+    """
+    facts = _facts_of_index(index)
+    if facts is None:
+        return
+    sent, refs = facts
+    _lock_recipients(session, refs, exclusive=False)
+    users = ports.mailbox_users().users_for(session, refs) if refs else []
+    by_ref: dict[str, list[str]] = {}
+    for uid, ref in users:
+        by_ref.setdefault(ref, []).append(uid)
+    rows: dict[Key, Expected] = {}
+    for ref in refs:  # sorted: the smallest reference through which a user is reached wins
+        for uid in by_ref.get(ref, []):
+            rows.setdefault((message_id, uid), Expected(ref, sent, False, None, False))
+    _insert(session, rows)
+
+
 def after_communication(ctx: WriteContext) -> None:
     """The WebMail write rule that keeps the mailbox: the message's rows, in its transaction."""
-    message_written(ctx.session, ctx.res_id)
+    if ctx.created and ctx.index is not None:
+        message_created(ctx.session, ctx.res_id, ctx.index)
+    else:
+        message_written(ctx.session, ctx.res_id)
 
 
 def recompute_user(session: Session, user_id: str, recipient_refs: list[str]) -> None:

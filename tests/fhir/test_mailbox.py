@@ -374,3 +374,21 @@ def test_a_recompute_waits_for_a_message_being_written_to_the_provider(session, 
         other.close()
         maker.kw["bind"].dispose()
     assert len(_mine(session, staff.id)) == 1
+
+
+def test_a_created_message_gets_the_rows_a_recompute_would_give(session, mb_settings, scenario) -> None:
+    """A create writes its rows from its own index rows (no read-back): they equal expected_rows."""
+    from fhirserver.webmail import mailbox
+
+    a = scenario["a"]
+    mid = _send(session, mb_settings, a.patient, a.patient_ref, a.practitioner_ref, topic="fast path")
+    rows = {
+        (r.message_id, r.user_id): (r.recipient_ref, r.read, r.read_at, r.deleted, r.sent.replace(tzinfo=None))
+        for r in session.execute(select(MailboxRow).where(MailboxRow.message_id == mid)).scalars()
+    }
+    want = {
+        key: (e.recipient_ref, e.read, e.read_at, e.deleted, e.sent.replace(tzinfo=None))
+        for key, e in mailbox.expected_rows(session, [mid]).items()
+    }
+    assert rows == want
+    assert {uid for _, uid in rows} == {a.provider_user_id, scenario["staff_id"]}
