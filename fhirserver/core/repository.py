@@ -224,22 +224,24 @@ class Repository:
         if ctx.res_type in ENCRYPTED_TYPES:
             content, key_id = self.keys.encrypt(raw, ctx.res_type, ctx.res_id, version_id)
         values = {"version_id": version_id, "last_updated": now, "deleted": False, "content": content, "key_id": key_id}
-        conn = self.session.connection()
-        if new:
-            conn.execute(insert(RESOURCES), [{"res_type": ctx.res_type, "res_id": ctx.res_id, **values}])
-        else:
-            conn.execute(
-                update(RESOURCES)
-                .where(RESOURCES.c.res_type == ctx.res_type, RESOURCES.c.res_id == ctx.res_id)
-                .values(**values)
-            )
-            self._forget(ctx.res_type, ctx.res_id)
-        conn.execute(insert(VERSIONS), [{"res_type": ctx.res_type, "res_id": ctx.res_id, "method": method, **values}])
+        self._put_version(ctx.res_type, ctx.res_id, method, values, new=new)
         # Index from the plaintext dict: encrypted elements have no search parameter.
         ctx.index = write_index(
             self.session, ctx.res_type, ctx.res_id, data, server_base=self.settings.fhir_base, fresh=new
         )
         return Stored(ctx.res_type, ctx.res_id, version_id, now, raw)
+
+    def _put_version(self, res_type: str, res_id: str, method: str, values: dict[str, Any], *, new: bool) -> None:
+        """The current row (inserted when ``new``, else updated) and its version row: two Core statements."""
+        conn = self.session.connection()
+        if new:
+            conn.execute(insert(RESOURCES), [{"res_type": res_type, "res_id": res_id, **values}])
+        else:
+            conn.execute(
+                update(RESOURCES).where(RESOURCES.c.res_type == res_type, RESOURCES.c.res_id == res_id).values(**values)
+            )
+            self._forget(res_type, res_id)
+        conn.execute(insert(VERSIONS), [{"res_type": res_type, "res_id": res_id, "method": method, **values}])
 
     def _run(self, rules: dict[str, list[WriteRule]], ctx: WriteContext) -> None:
         for rule in rules.get(ctx.res_type, []):
@@ -310,17 +312,7 @@ class Repository:
         if row.deleted:
             return
         values = {"version_id": row.version_id + 1, "last_updated": now_utc(), "deleted": True}
-        conn = self.session.connection()
-        conn.execute(
-            update(RESOURCES)
-            .where(RESOURCES.c.res_type == res_type, RESOURCES.c.res_id == res_id)
-            .values(**values, content=None, key_id=None)
-        )
-        self._forget(res_type, res_id)
-        conn.execute(
-            insert(VERSIONS),
-            [{"res_type": res_type, "res_id": res_id, "method": "DELETE", "content": None, "key_id": None, **values}],
-        )
+        self._put_version(res_type, res_id, "DELETE", {**values, "content": None, "key_id": None}, new=False)
         # The index rows stay (search skips deleted rows): they still tell who may see the
         # deletion, so a read answers 410 inside the grant and 404 outside it.
 

@@ -150,6 +150,18 @@ def expected_rows(
         users = [(uid, r) for r in mine if r in set(refs)]
     else:
         users = ports.mailbox_users().users_for(session, refs) if refs else []
+    targets = _targets(facts, users)
+    reads = _read_states(session, targets)
+    return {
+        key: Expected(ref, sent, key in reads, reads.get(key), deleted) for key, (ref, sent, deleted) in targets.items()
+    }
+
+
+def _targets(
+    facts: dict[str, tuple[bool, datetime, list[str]]], users: list[tuple[str, str]]
+) -> dict[Key, tuple[str, datetime, bool]]:
+    """(message, user) -> (the reference that reaches the user, sent, deleted), from the messages'
+    facts (as :func:`_facts` gives them) and the (user id, reference) pairs of their recipients."""
     by_ref: dict[str, list[str]] = {}
     for uid, ref in users:
         by_ref.setdefault(ref, []).append(uid)
@@ -158,10 +170,7 @@ def expected_rows(
         for ref in recipients:  # sorted: the smallest reference through which a user is reached wins
             for uid in by_ref.get(ref, []):
                 targets.setdefault((mid, uid), (ref, sent, deleted))
-    reads = _read_states(session, targets)
-    return {
-        key: Expected(ref, sent, key in reads, reads.get(key), deleted) for key, (ref, sent, deleted) in targets.items()
-    }
+    return targets
 
 
 def _insert(session: Session, rows: dict[Key, Expected]) -> None:
@@ -246,14 +255,8 @@ def message_created(session: Session, message_id: str, index: Any) -> None:
     sent, refs = facts
     _lock_recipients(session, refs, exclusive=False)
     users = ports.mailbox_users().users_for(session, refs) if refs else []
-    by_ref: dict[str, list[str]] = {}
-    for uid, ref in users:
-        by_ref.setdefault(ref, []).append(uid)
-    rows: dict[Key, Expected] = {}
-    for ref in refs:  # sorted: the smallest reference through which a user is reached wins
-        for uid in by_ref.get(ref, []):
-            rows.setdefault((message_id, uid), Expected(ref, sent, False, None, False))
-    _insert(session, rows)
+    targets = _targets({message_id: (False, sent, refs)}, users)
+    _insert(session, {key: Expected(ref, sent, False, None, False) for key, (ref, _, _) in targets.items()})
 
 
 def after_communication(ctx: WriteContext) -> None:
