@@ -386,7 +386,9 @@ def break_glass(call: Call) -> FhirResponse:
         reason=req.reason,
         now=now,
     )
-    # Read through the grant, as every later request will be (access.py consults it).
+    # Read through the grant, as every later request will be (access.py consults it). The
+    # token check looked up the live grants before this one existed: ask the database again.
+    call.principal = call.repo.principal = replace(call.principal, break_glass=None)
     patient = call.repo.read("Patient", pid).json()
     event_id = audit.security_event(
         session,

@@ -85,6 +85,7 @@ def _principal(identity: Identity) -> Principal:
         client_id=claims.get("client_id"),
         patient=claims.get("patient"),
         staff_of=identity.staff_of,
+        break_glass=identity.break_glass,
         address=request.remote_addr,
         token_jti=claims.get("jti"),
     )

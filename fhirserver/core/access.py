@@ -147,6 +147,12 @@ def break_glass_patients(user_id: str) -> Any:
     )
 
 
+def _glass_patients(p: Principal) -> Any:
+    """The patients ``p``'s live break-glass grants open: as the token check found them (a
+    list, often empty), or else a subquery evaluated with the query."""
+    return list(p.break_glass) if p.break_glass is not None else break_glass_patients(p.user_id or "")
+
+
 def _role_conditions(p: Principal, res_type: str, perm: str = "r") -> list[ColumnElement[bool]]:
     if p.is_system or res_type in DIRECTORY_TYPES or res_type in AUDIT_TYPES:
         return []
@@ -158,22 +164,19 @@ def _role_conditions(p: Principal, res_type: str, perm: str = "r") -> list[Colum
         return [false()]
     # Break-glass opens a patient's compartment to the provider for reading and searching
     # only: writes keep the normal rules (no becoming their primary provider, no delete).
-    glass = p.role == "provider" and p.user_id is not None and perm in READ_PERMS
+    # Known to be none (the usual case): the conditions stay as simple as without break-glass.
+    glass = p.role == "provider" and p.user_id is not None and perm in READ_PERMS and p.break_glass != ()
     if res_type == "Patient":
         # A correlated probe of this row's own general-practitioner index rows: an IN over
         # _patients_of would build the list of all the provider's patients on every read.
         mine = _ref_exists("Patient", ("general-practitioner",), "Practitioner", pracs)
-        return [or_(mine, ResourceRow.res_id.in_(break_glass_patients(p.user_id or "")))] if glass else [mine]
+        return [or_(mine, ResourceRow.res_id.in_(_glass_patients(p)))] if glass else [mine]
     if res_type == "Communication":
         return [
             or_(
                 _ref_exists("Communication", COMMUNICATION_PARTY_PARAMS, "Practitioner", pracs),
                 _ref_exists("Communication", ("subject",), "Patient", _patients_of(pracs)),
-                *(
-                    [_ref_exists("Communication", ("subject",), "Patient", break_glass_patients(p.user_id or ""))]
-                    if glass
-                    else []
-                ),
+                *([_ref_exists("Communication", ("subject",), "Patient", _glass_patients(p))] if glass else []),
             )
         ]
     return [false()]
@@ -189,7 +192,12 @@ def audit_purpose(session: Any, p: Principal, patient_ref: str | None, res_type:
     """
     if p.role != "provider" or not p.user_id or res_type not in PHI_TYPES:
         return p.purpose_of_use
-    live = set(session.execute(break_glass_patients(p.user_id)).scalars())
+    if p.pending is not None and p.pending.break_glass_live is False:  # the read's query found none
+        return p.purpose_of_use
+    if p.break_glass is not None:  # the token check looked them up already
+        live = set(p.break_glass)
+    else:
+        live = set(session.execute(break_glass_patients(p.user_id)).scalars())
     if not live:
         return p.purpose_of_use
     ref = _split(patient_ref)

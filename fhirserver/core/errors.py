@@ -52,6 +52,16 @@ def not_found(res_type: str, res_id: str) -> FhirError:
     return FhirError(404, "not-found", f"{res_type}/{res_id} is not known")
 
 
+def unauthorized(error: str | None = None) -> FhirError:
+    """401 with the RFC 6750 challenge (``error``: ``invalid_request``, ``invalid_token``)."""
+    challenge = 'Bearer realm="fhir"'
+    if error:
+        challenge += f', error="{error}"'
+    exc = FhirError(401, "login", "A valid access token is required")
+    exc.headers["WWW-Authenticate"] = challenge
+    return exc
+
+
 def forbidden(diagnostics: str) -> FhirError:
     return FhirError(403, "forbidden", diagnostics)
 

@@ -23,12 +23,15 @@ wire ``smart_auth``'s implementations in:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from sqlalchemy import ColumnElement
 from sqlalchemy.orm import Session
 
 from fhirserver.config import Settings
+from fhirserver.core.errors import unauthorized
 
 # The states of a patient's portal account (docs/webmail-profile.md has the transitions).
 PORTAL_NONE = "none"
@@ -42,16 +45,54 @@ class TokenRejected(Exception):
 
 @dataclass(frozen=True)
 class Identity:
-    """A verified access token whose grant is live: its claims, plus the staff assignments
-    that the same lookup found (staff see their providers' patients)."""
+    """A verified access token whose grant is live: its claims, plus what the same lookup
+    found: the staff assignments (staff see their providers' patients) and the patients the
+    account's live break-glass grants open (``None``: not looked up)."""
 
     claims: dict[str, Any]
     staff_of: tuple[str, ...] = ()
+    break_glass: tuple[str, ...] | None = None
+    pending: PendingGrant | None = None
+
+
+@dataclass(eq=False)
+class PendingGrant:
+    """A token whose grant's state the request's own query checks, saving a round trip.
+
+    Only a plain read takes this (``Repository.read``): it selects ``live`` (with ``params``)
+    as a column beside the stored bytes and answers 401 when it is false. A read that finds
+    no row calls ``confirm`` instead, so that a revoked token never learns a 404 from a 401.
+    The read also notes whether any break-glass grant of the user was live
+    (``break_glass_live``), which the audit record's purposeOfUse needs.
+
+    Whatever the interaction does, the router settles the check before it answers
+    (:meth:`settle`), so no answer, an error included, goes out on an unchecked grant.
+    """
+
+    live: ColumnElement[bool]
+    params: dict[str, Any]
+    confirm: Callable[[Session], bool]
+    break_glass_live: bool | None = field(default=None)
+    state: bool | None = field(default=None)  # None: not checked yet
+
+    def record(self, live: bool) -> None:
+        """The state the read's own query found; 401 when the grant is not live."""
+        self.state = bool(live)
+        if not self.state:
+            raise unauthorized("invalid_token")
+
+    def settle(self, session: Session) -> None:
+        """Check the grant now unless a query did already; 401 when it is not live."""
+        self.record(self.confirm(session) if self.state is None else self.state)
 
 
 class TokenAuthority(Protocol):
-    def authenticate(self, session: Session, token: str) -> Identity:
-        """Verify ``token`` and check that its grant is live; raise TokenRejected otherwise."""
+    def authenticate(self, session: Session, token: str, *, defer: bool = False) -> Identity:
+        """Verify ``token`` and check that its grant is live; raise TokenRejected otherwise.
+
+        ``defer``: the caller's own query can check the grant (a plain read); the authority
+        may then return an Identity with a :class:`PendingGrant` instead of querying now.
+        """
         ...
 
 

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from fhirserver.core.scopes import ScopeSet
+
+if TYPE_CHECKING:
+    from fhirserver.core.ports import PendingGrant
 
 
 @dataclass(frozen=True)
@@ -13,7 +17,11 @@ class Principal:
 
     ``fhir_user`` is the user's own resource (``Patient/x`` or ``Practitioner/y``);
     ``patient`` is the patient in launch context; ``staff_of`` lists the providers a
-    staff user works for. The authorization module decides everything from these.
+    staff user works for. ``break_glass`` holds the patients the user's live break-glass
+    grants open, when the token check looked them up in its own query (``None``: the
+    access rules ask the database themselves). The authorization module decides
+    everything from these. ``pending`` is set when the token's grant is still to be checked
+    by the read's own query (``fhirserver.core.ports.PendingGrant``).
     """
 
     role: str  # patient | provider | staff | auditor | admin | system
@@ -23,6 +31,8 @@ class Principal:
     client_id: str | None = None
     patient: str | None = None
     staff_of: tuple[str, ...] = ()
+    break_glass: tuple[str, ...] | None = None
+    pending: PendingGrant | None = field(default=None, compare=False)
     address: str | None = None
     request_id: str | None = None
     token_jti: str | None = None

@@ -14,7 +14,7 @@ import re
 import uuid
 from typing import Any
 
-from sqlalchemy import Row, Table, and_, insert, select, true, update
+from sqlalchemy import Row, Table, and_, exists, insert, select, true, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.util import identity_key
 
@@ -122,24 +122,43 @@ class Repository:
         trip both fetches the stored bytes and decides: absent or outside the grant is 404
         either way (nothing tells them apart), a deleted one inside it is 410. The bytes are
         served as stored (decrypted for Communication).
+
+        When the token's grant is still to be checked (``Principal.pending``), the same query
+        checks it too (a ``grant_live`` column; a provider's also says whether any of their
+        break-glass grants is live, for the audit record): a revoked grant is 401 before
+        anything else is decided.
         """
         if res_type in access.AUDIT_TYPES:
             return self._audit_event(res_id)
         check_type(res_type)
         check_id(res_id)
-        access.check_interaction(self.principal, res_type, "r")
-        conds = access.row_conditions(self.principal, res_type, "r")
+        p = self.principal
+        access.check_interaction(p, res_type, "r")
+        conds = access.row_conditions(p, res_type, "r")
         visible = and_(*conds) if conds else true()
-        stmt = select(
+        columns = [
             ResourceRow.version_id,
             ResourceRow.last_updated,
             ResourceRow.deleted,
             ResourceRow.content,
             ResourceRow.key_id,
             visible.label("visible"),
-        ).where(ResourceRow.res_type == res_type, ResourceRow.res_id == res_id)
+        ]
+        pending = p.pending
+        glass = pending is not None and p.role == "provider" and res_type in access.PHI_TYPES
+        if pending is not None:
+            columns.append(pending.live.label("grant_live"))
+        if glass:
+            columns.append(exists(access.break_glass_patients(p.user_id or "")).label("glass_live"))
+        stmt = select(*columns).where(ResourceRow.res_type == res_type, ResourceRow.res_id == res_id)
         self.session.flush()  # what the ORM's autoflush would do: this request's own writes count
-        row = self.session.connection().execute(stmt).first()
+        row = self.session.connection().execute(stmt, pending.params if pending else {}).first()
+        if pending is not None:
+            if row is None:
+                pending.settle(self.session)
+            else:
+                pending.record(row.grant_live)
+            pending.break_glass_live = bool(row.glass_live) if row is not None and glass else None
         if row is None or not row.visible:
             raise not_found(res_type, res_id)
         if row.deleted:

@@ -125,7 +125,10 @@ def dispatch(req: FhirRequest, session: Session, settings: Settings, principal: 
         return error_response(exc)
     call = Call(req, session, settings, principal, params, name, Repository(session, settings, principal))
     try:
-        response = handler(call)
+        try:
+            response = handler(call)
+        finally:
+            _settle_grant(call)
         if name in BATCHED:
             return _send_after_audit(call, response)
         if name != "capabilities":
@@ -141,6 +144,14 @@ def dispatch(req: FhirRequest, session: Session, settings: Settings, principal: 
         log.exception("database error during %s", name)
         _audit_failure(call, 500)
         return error_response(FhirError(500, "exception", "The server could not complete the request"))
+
+
+def _settle_grant(call: Call) -> None:
+    """A read may have left the token's grant to its own query (``PendingGrant``); if the
+    query did not run (an error before it), check the grant now: 401 beats any other answer."""
+    pending = call.principal.pending
+    if pending is not None:
+        pending.settle(call.session)
 
 
 def _anonymous() -> Principal:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from fhirserver.core.errors import FhirError
+from fhirserver.core.errors import unauthorized
 from fhirserver.core.ports import TokenAuthority, TokenRejected
 from fhirserver.core.principal import Principal
 from fhirserver.core.scopes import ScopeSet
@@ -16,25 +16,24 @@ from fhirserver.core.scopes import ScopeSet
 MAX_HEADER = 8192
 
 
-def unauthorized(error: str | None = None) -> FhirError:
-    challenge = 'Bearer realm="fhir"'
-    if error:
-        challenge += f', error="{error}"'
-    exc = FhirError(401, "login", "A valid access token is required")
-    exc.headers["WWW-Authenticate"] = challenge
-    return exc
-
-
 def principal_from_header(
-    header: str | None, session: Session, tokens: TokenAuthority, address: str | None, request_id: str
+    header: str | None,
+    session: Session,
+    tokens: TokenAuthority,
+    address: str | None,
+    request_id: str,
+    *,
+    defer_grant: bool = False,
 ) -> Principal:
+    """The request's Principal. ``defer_grant``: the interaction is a plain read, whose own
+    query may check the grant's state (``TokenAuthority.authenticate``)."""
     if not header:
         raise unauthorized()
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip() or len(header) > MAX_HEADER:
         raise unauthorized("invalid_request")
     try:
-        identity = tokens.authenticate(session, token.strip())
+        identity = tokens.authenticate(session, token.strip(), defer=defer_grant)
     except TokenRejected as exc:
         raise unauthorized("invalid_token") from exc
     claims = identity.claims
@@ -47,6 +46,8 @@ def principal_from_header(
         client_id=claims.get("client_id"),
         patient=claims.get("patient"),
         staff_of=identity.staff_of,
+        break_glass=identity.break_glass,
+        pending=identity.pending,
         address=address,
         request_id=request_id,
         token_jti=claims.get("jti"),

@@ -67,6 +67,15 @@ def _check_format() -> None:
             raise FhirError(415, "not-supported", "Send FHIR resources in UTF-8 (charset=utf-8)")
 
 
+def _is_read(method: str, path: str) -> bool:
+    """A plain read (``GET [type]/[id]``): its own query may check the token's grant."""
+    try:
+        found = match(method, path)
+    except FhirError:
+        return False
+    return found is not None and found[0] == "read"
+
+
 class AnyPathConverter(BaseConverter):
     """Like ``path``, but also matches line breaks (Werkzeug's ``.`` does not), so that an id
     with CR/LF reaches our error path instead of Werkzeug's HTML 404."""
@@ -107,14 +116,24 @@ def create_fhir_blueprint(tokens: TokenAuthority, origins: AllowedOrigins | None
             if not (request.method == "GET" and path.strip("/") == "metadata"):
                 try:
                     principal = principal_from_header(
-                        request.headers.get("Authorization"), session, tokens, request.remote_addr, request_id
+                        request.headers.get("Authorization"),
+                        session,
+                        tokens,
+                        request.remote_addr,
+                        request_id,
+                        defer_grant=_is_read(request.method, path),
                     )
                 except FhirError as exc:
                     if exc.status == 401:
                         _audit_refused(request.remote_addr, request.headers.get("Authorization") is not None)
                     raise
-            match(request.method, path)  # a method the path does not take: 405 before the format checks
-            _check_format()
+            try:
+                match(request.method, path)  # a method the path does not take: 405 before the format checks
+                _check_format()
+            except FhirError:
+                if principal is not None and principal.pending is not None:
+                    principal.pending.settle(session)  # a revoked token is 401 whatever else is wrong
+                raise
             body = request.get_data(cache=False) if request.method in ("POST", "PUT", "PATCH") else b""
             req = FhirRequest(
                 method=request.method,

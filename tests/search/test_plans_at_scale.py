@@ -50,7 +50,7 @@ from fhirserver.core.scopes import ScopeSet
 from fhirserver.db import make_engine
 from fhirserver.search.indexing import extract
 from fhirserver.webmail import profile, read_state
-from smart_auth.resource_server import grant_state
+from smart_auth.resource_server import LiveGrant, grant_state
 from tests.support import BACKENDS, fresh_database
 
 pytestmark = pytest.mark.skipif("postgresql" not in BACKENDS, reason="plans at scale are PostgreSQL's")
@@ -431,6 +431,6 @@ def test_plans_unread_count(scale: Scale) -> None:
 def test_plans_grant_state(scale: Scale) -> None:
     def check(session: Session, n: int) -> None:
         user = f"u-{patient_id(of_provider_1(n))}"
-        assert grant_state(session, f"g-{user}", user, "patient") == ()
+        assert grant_state(session, f"g-{user}", user, "patient") == LiveGrant()
 
     assert_custom_plans(run_hot(scale, check), bounded=True)
