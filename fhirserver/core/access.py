@@ -34,9 +34,10 @@ The rules:
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, exists, false, or_, select
+from sqlalchemy import ColumnElement, and_, bindparam, exists, false, or_, select
 
 from fhirserver.core import scope_filters
 from fhirserver.core.errors import FhirError, forbidden
@@ -133,16 +134,21 @@ def _care_practitioners(p: Principal) -> list[str]:
     return []
 
 
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
 def break_glass_patients(user_id: str) -> Any:
     """A subquery of the ids of the Patients a live break-glass grant of ``user_id`` opens.
 
     Live: not revoked and not yet expired, by the server's clock at the time of the
-    query, so an expired or revoked grant closes the compartment at the next request.
+    query (the bound value is taken when each statement runs, so a cached statement is
+    never stale): an expired or revoked grant closes the compartment at the next request.
     """
-    now = datetime.now(UTC)
     return select(BreakGlassGrant.patient_id).where(
         BreakGlassGrant.user_id == user_id,
-        BreakGlassGrant.expires_at > now,
+        BreakGlassGrant.expires_at
+        > bindparam("glass_now", callable_=_now, type_=BreakGlassGrant.expires_at.type, unique=True),
         BreakGlassGrant.revoked_at.is_(None),
     )
 
@@ -264,10 +270,47 @@ def scope_conditions(p: Principal, res_type: str, perm: str = "r") -> list[Colum
     return _scope_conditions(p, res_type, perm)
 
 
+def principal_key(p: Principal) -> tuple[Any, ...]:
+    """Everything of a Principal that the row conditions depend on (not the request's own
+    fields: address, request id, token id, purpose): equal keys, equal conditions."""
+    return (p.role, p.user_id, p.fhir_user, p.patient, p.staff_of, p.break_glass, p.scopes.raw)
+
+
+class PrincipalShape:
+    """A Principal as a cache key (:func:`principal_key`), carrying the Principal to build from."""
+
+    __slots__ = ("key", "principal")
+
+    def __init__(self, p: Principal) -> None:
+        self.principal = p
+        self.key = principal_key(p)
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PrincipalShape) and other.key == self.key
+
+
+# Per process, per principal shape: a user's requests reuse their conditions (and the
+# statements built from them) instead of building and re-keying them every time.
+CONDITION_CACHE_SIZE = 4096
+
+
+@lru_cache(maxsize=CONDITION_CACHE_SIZE)
+def _cached_conditions(shape: PrincipalShape, res_type: str, perm: str) -> tuple[ColumnElement[bool], ...]:
+    p = shape.principal
+    return tuple(_role_conditions(p, res_type, perm) + _scope_conditions(p, res_type, perm))
+
+
 def row_conditions(p: Principal, res_type: str, perm: str = "r") -> list[ColumnElement[bool]]:
     """The SQL conditions on ``resource`` that confine reads and searches to the grant:
-    the role's rules AND the union of the principal's scopes (compartment, granular filters)."""
-    return _role_conditions(p, res_type, perm) + _scope_conditions(p, res_type, perm)
+    the role's rules AND the union of the principal's scopes (compartment, granular filters).
+
+    Built once per principal shape and process: the conditions are immutable SQL
+    expressions whose only time-dependent value (break-glass expiry) is bound per execution.
+    """
+    return list(_cached_conditions(PrincipalShape(p), res_type, perm))
 
 
 def can_see(session: Any, p: Principal, res_type: str, res_id: str, perm: str = "r") -> bool:

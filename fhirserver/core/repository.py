@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Row, Table, and_, exists, insert, select, true, update
+from sqlalchemy import ColumnElement, Row, Select, Table, and_, bindparam, exists, insert, select, true, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.util import identity_key
 
@@ -52,6 +53,34 @@ def parse_etag(value: str) -> int:
     if not VERSION_RE.fullmatch(v):
         raise FhirError(400, "invalid", 'If-Match must be an ETag like W/"3"')
     return int(v)
+
+
+@lru_cache(maxsize=access.CONDITION_CACHE_SIZE)
+def _read_statement(
+    shape: access.PrincipalShape, res_type: str, grant_live: ColumnElement[bool] | None, glass: bool
+) -> Select[Any]:
+    """The read of one ``res_type`` by one principal shape, built once per process: the id
+    (``read_res_id``) and the pending grant's values are bound per execution.
+
+    ``visible`` is the grant's conditions; ``grant_live`` the token's grant check, when the
+    read does it (``PendingGrant``); ``glass_live`` whether any of the provider's
+    break-glass grants is live, which the audit record needs.
+    """
+    conds = access.row_conditions(shape.principal, res_type, "r")
+    visible = and_(*conds) if conds else true()
+    columns: list[Any] = [
+        ResourceRow.version_id,
+        ResourceRow.last_updated,
+        ResourceRow.deleted,
+        ResourceRow.content,
+        ResourceRow.key_id,
+        visible.label("visible"),
+    ]
+    if grant_live is not None:
+        columns.append(grant_live.label("grant_live"))
+    if glass:
+        columns.append(exists(access.break_glass_patients(shape.principal.user_id or "")).label("glass_live"))
+    return select(*columns).where(ResourceRow.res_type == res_type, ResourceRow.res_id == bindparam("read_res_id"))
 
 
 class Repository:
@@ -134,25 +163,12 @@ class Repository:
         check_id(res_id)
         p = self.principal
         access.check_interaction(p, res_type, "r")
-        conds = access.row_conditions(p, res_type, "r")
-        visible = and_(*conds) if conds else true()
-        columns = [
-            ResourceRow.version_id,
-            ResourceRow.last_updated,
-            ResourceRow.deleted,
-            ResourceRow.content,
-            ResourceRow.key_id,
-            visible.label("visible"),
-        ]
         pending = p.pending
         glass = pending is not None and p.role == "provider" and res_type in access.PHI_TYPES
-        if pending is not None:
-            columns.append(pending.live.label("grant_live"))
-        if glass:
-            columns.append(exists(access.break_glass_patients(p.user_id or "")).label("glass_live"))
-        stmt = select(*columns).where(ResourceRow.res_type == res_type, ResourceRow.res_id == res_id)
+        stmt = _read_statement(access.PrincipalShape(p), res_type, pending.live if pending else None, glass)
+        params = {"read_res_id": res_id, **(pending.params if pending else {})}
         self.session.flush()  # what the ORM's autoflush would do: this request's own writes count
-        row = self.session.connection().execute(stmt, pending.params if pending else {}).first()
+        row = self.session.connection().execute(stmt, params).first()
         if pending is not None:
             if row is None:
                 pending.settle(self.session)

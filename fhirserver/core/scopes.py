@@ -22,6 +22,7 @@ interactions: ``covers`` ignores it and ``fhirserver.core.access`` applies it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from fhirserver.core.resource_types import SCOPE_FILTERS
 
@@ -161,6 +162,12 @@ class ScopeSet:
 
     @classmethod
     def parse(cls, scope: str) -> ScopeSet:
+        """The parsed scopes of a ``scope`` string; cached per process (a token's scopes are
+        parsed on each of its requests, and the parse is pure)."""
+        return _parse(scope)
+
+    @classmethod
+    def _parse_uncached(cls, scope: str) -> ScopeSet:
         raw = tuple(s for s in scope.split() if s)
         parsed: list[ResourceScope] = []
         for s in raw:
@@ -195,3 +202,8 @@ def validate_requested(scope: str) -> list[str]:
         parse_scope(s)
         out.append(s)
     return out
+
+
+@lru_cache(maxsize=1024)
+def _parse(scope: str) -> ScopeSet:
+    return ScopeSet._parse_uncached(scope)
