@@ -15,7 +15,7 @@ from fhirserver import security_headers
 from fhirserver.config import Settings, load_settings
 from fhirserver.core import audit_batch, audit_chain
 from fhirserver.core.ports import TokenAuthority, install_portal_accounts
-from fhirserver.db import configure_sqlite, engine_options
+from fhirserver.db import configure_engine, engine_options
 from fhirserver.extensions import db
 from fhirserver.logging_setup import configure_logging
 
@@ -46,7 +46,7 @@ def create_app(settings: Settings | None = None, *, tokens: TokenAuthority | Non
     app.extensions["fhirserver.settings"] = settings
     db.init_app(app)
     with app.app_context():
-        configure_sqlite(db.engine)
+        configure_engine(db.engine)
     # The read path's audit batch writer seals the records it committed (fhirserver.core.audit_chain).
     audit_batch.set_after_commit(audit_chain.sealer(audit_chain.chain_key(settings.secret_key)))
 

@@ -27,6 +27,7 @@ from fhirserver.core.errors import FhirError
 from fhirserver.core.http import FhirRequest, FhirResponse
 from fhirserver.core.ports import AllowedOrigins, TokenAuthority
 from fhirserver.core.router import dispatch, error_response, match
+from fhirserver.db import without_transaction
 from fhirserver.extensions import db
 from fhirserver.web.bearer import principal_from_header
 from fhirserver.web.cors import install_cors
@@ -113,6 +114,9 @@ def create_fhir_blueprint(tokens: TokenAuthority, origins: AllowedOrigins | None
         session = db.session()
         try:
             principal = None
+            plain_read = _is_read(request.method, path)
+            if plain_read:
+                without_transaction(session)
             if not (request.method == "GET" and path.strip("/") == "metadata"):
                 try:
                     principal = principal_from_header(
@@ -121,7 +125,7 @@ def create_fhir_blueprint(tokens: TokenAuthority, origins: AllowedOrigins | None
                         tokens,
                         request.remote_addr,
                         request_id,
-                        defer_grant=_is_read(request.method, path),
+                        defer_grant=plain_read,
                     )
                 except FhirError as exc:
                     if exc.status == 401:

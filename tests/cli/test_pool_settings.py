@@ -18,7 +18,7 @@ def test_pool_fits_the_default_serve_threads_with_the_audit_writer_and_a_spare()
     options = engine_options(PG_URL)
     assert options["pool_size"] == pool_size_for(8) == 10
     assert options["max_overflow"] == 2
-    assert options["pool_pre_ping"] is True
+    assert options["pool_pre_ping"] is False  # install_idle_ping instead: no round trip per checkout
     assert options["pool_recycle"] > 0
 
 
@@ -47,3 +47,51 @@ def test_the_app_engine_uses_the_configured_pool(settings: Settings) -> None:
         assert (pool.size(), pool._max_overflow) == (13, 1)
         with db.engine.connect() as conn:
             assert conn.connection.dbapi_connection.prepare_threshold is None  # type: ignore[union-attr]
+
+
+def _backend_pid(conn: Any) -> int:
+    return int(conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one())
+
+
+def _kill_backend(settings: Settings, pid: int) -> None:
+    from fhirserver.db import make_engine
+
+    killer = make_engine(settings.database_url)
+    try:
+        with killer.connect() as conn:
+            conn.exec_driver_sql(f"SELECT pg_terminate_backend({int(pid)})")
+            conn.commit()
+    finally:
+        killer.dispose()
+
+
+@pytest.mark.parametrize("idle", [True, False])
+def test_a_connection_that_died_while_idle_is_pinged_and_replaced(settings: Settings, idle: bool) -> None:
+    """The idle ping replaces a dead pooled connection; a busy one is handed out unpinged."""
+    import time
+
+    from sqlalchemy import create_engine
+    from sqlalchemy.exc import OperationalError
+
+    from fhirserver.db import engine_options, install_idle_ping
+
+    if settings.is_sqlite:
+        pytest.skip("SQLite connections cannot die on a server")
+    engine = create_engine(settings.database_url, **{**engine_options(settings.database_url), "pool_size": 1})
+    install_idle_ping(engine, after=0.3)
+    try:
+        with engine.connect() as conn:
+            first = _backend_pid(conn)
+        _kill_backend(settings, first)
+        if idle:
+            time.sleep(0.4)
+            with engine.connect() as conn:
+                assert _backend_pid(conn) != first  # pinged, found dead, replaced before use
+        else:
+            # Checked out again at once: not pinged, so the dead connection fails its one use.
+            with pytest.raises(OperationalError), engine.connect() as conn:
+                _backend_pid(conn)
+            with engine.connect() as conn:  # and the pool has replaced it
+                assert _backend_pid(conn) != first
+    finally:
+        engine.dispose()

@@ -105,7 +105,7 @@ def test_flask_sqlalchemy_sessions_dispatch_too(eager: Settings, mailbox: MailCa
     from flask import Flask
     from flask_sqlalchemy import SQLAlchemy
 
-    from fhirserver.db import configure_sqlite, engine_options
+    from fhirserver.db import configure_engine, engine_options
 
     web = Flask("dispatch-test")
     web.config.update(
@@ -115,7 +115,7 @@ def test_flask_sqlalchemy_sessions_dispatch_too(eager: Settings, mailbox: MailCa
     fsa.init_app(web)
     pid, address = _patient(session_maker(eager), eager)
     with web.app_context():
-        configure_sqlite(fsa.engine)
+        configure_engine(fsa.engine)
         oid = add_outbox(fsa.session, eager, pid).id
         fsa.session.commit()
         fsa.engine.dispose()
