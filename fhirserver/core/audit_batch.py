@@ -2,11 +2,14 @@
 
 A read must not answer before its audit record is durable, and one INSERT plus one
 fsync per read is most of a read's cost. So request threads hand their rows to one
-writer thread per process and database, and *wait*: the writer collects the rows that
-arrive together (up to ``max_batch`` of them, or for ``max_wait`` seconds after the
-first), inserts them with one executemany on its own connection, commits once, and only
-then wakes the waiting threads. A failed batch raises :class:`AuditWriteFailed` in every
-thread of the batch, which answers 500: a record is never lost silently.
+writer thread per process and database, and *wait*: the writer takes every row queued
+when it is free (up to ``max_batch`` of them; ``max_wait`` > 0 would also wait that long
+for more), inserts them with one executemany on its own connection, commits once, and
+only then wakes the waiting threads. The batches form by themselves: the rows that arrive
+while one batch commits make the next, so a lone read waits for one commit, not for a
+timer, and under load each commit carries as many rows as came in during the last one.
+A failed batch raises :class:`AuditWriteFailed` in every thread of the batch, which
+answers 500: a record is never lost silently.
 
 After each commit the writer runs the sealer (``fhirserver.core.audit_chain.seal``) on
 its connection, outside the request's wait, so the chain follows the log closely without
@@ -39,7 +42,9 @@ from fhirserver.core import audit_log
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 64
-MAX_WAIT_SECONDS = 0.002
+# No timer: waiting 2 ms for company (as this once did) was most of a read's latency at
+# concurrency 1 (4.2 ms against 0.6 for the bare endpoint), where a commit costs 0.07 ms.
+MAX_WAIT_SECONDS = 0.0
 IDLE_SECONDS = 5.0
 # The sealer runs after a commit at most this often (and once more when the writer idles),
 # so that under load sealing costs one extra transaction per interval, not per batch.
