@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from fhirserver.config import Settings
@@ -139,6 +139,15 @@ def dispatch(req: FhirRequest, session: Session, settings: Settings, principal: 
         session.rollback()
         _audit_failure(call, exc.status)
         return error_response(exc)
+    except IntegrityError:
+        # A write raced another one to the same new row (two PUTs creating one id): the
+        # loser's transaction is rolled back whole and it may retry, which then updates.
+        session.rollback()
+        log.warning("a %s lost a race to another write of the same record", name)
+        _audit_failure(call, 409)
+        return error_response(
+            FhirError(409, "conflict", "Another request wrote this resource at the same time; send it again")
+        )
     except SQLAlchemyError:
         session.rollback()
         log.exception("database error during %s", name)

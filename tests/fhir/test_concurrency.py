@@ -46,3 +46,51 @@ def test_parallel_sends_reads_and_counts(app, live_server, settings):
         timeout=30,
     ).json()
     assert len(sent["entry"]) == 32
+
+
+def test_two_puts_creating_one_id_give_a_409_to_the_loser_never_a_500(settings):
+    """Update-as-create has no row to lock: the second insert of the same id loses on the
+    primary key. It gets 409 (retry), the first one's resource stays, and a retry updates."""
+    import threading
+    import time
+
+    from fhirserver.core.http import FhirRequest
+    from fhirserver.core.principal import system_principal
+    from fhirserver.core.repository import Repository
+    from fhirserver.core.router import dispatch
+    from fhirserver.db import make_sessionmaker
+    from tests.factories import patient_json
+    from tests.support import uid
+
+    maker = make_sessionmaker(settings.database_url)
+    first, second = maker(), maker()
+    rid = f"race-{uid()}"
+    body = {**patient_json([], family="First"), "id": rid}
+    server = system_principal("test")
+    try:
+        Repository(first, settings, server).update("Patient", rid, body, None)  # inserted, not committed
+        answer: list[int] = []
+
+        def racer() -> None:
+            req = FhirRequest(
+                "PUT", f"Patient/{rid}", body=json.dumps({**body, "name": [{"family": "Second"}]}).encode()
+            )
+            answer.append(dispatch(req, second, settings, server).status)
+
+        t = threading.Thread(target=racer)
+        t.start()
+        time.sleep(0.5)  # PostgreSQL: the racer waits on the uncommitted key; SQLite: on the write lock
+        first.commit()
+        t.join(60)
+        # PostgreSQL: the key was taken under the racer, 409. SQLite serialises whole
+        # transactions, so the racer began after the commit and updated.
+        assert answer == [200 if settings.is_sqlite else 409]
+        retry = FhirRequest("PUT", f"Patient/{rid}", body=json.dumps({**body, "name": [{"family": "Retry"}]}).encode())
+        assert dispatch(retry, second, settings, server).status == 200
+        stored = Repository(first, settings, server).read("Patient", rid)
+        assert stored.json()["name"][0]["family"] == "Retry"
+        assert stored.version_id == (3 if settings.is_sqlite else 2)
+    finally:
+        first.close()
+        second.close()
+        maker.kw["bind"].dispose()
