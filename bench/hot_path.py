@@ -139,8 +139,12 @@ def install_optional_ports() -> None:
     install_mailbox_users(mailbox_users)
 
 
-def seed(env: dict[str, str], *, patients: int, providers: int, messages: int) -> Seeded:
-    """Patients over providers, their accounts, and messages, through the repository in large transactions."""
+def seed(env: dict[str, str], *, patients: int, providers: int, messages: int, first_unread: int = 0) -> Seeded:
+    """Patients over providers, their accounts, and messages, through the repository in large transactions.
+
+    ``first_unread``: then more patient messages to the first provider until that many of
+    theirs are unread (the unread count's worst case), on top of ``messages``.
+    """
     from fhirserver.config import load_settings
     from fhirserver.core.ports import install_portal_accounts
     from fhirserver.core.principal import system_principal
@@ -201,15 +205,28 @@ def seed(env: dict[str, str], *, patients: int, providers: int, messages: int) -
                 rate = (j + 1) / (time.perf_counter() - t1)
                 print(f"  {j + 1:,} messages, {rate:,.0f}/s", file=sys.stderr)
     session.commit()
+    mine = [p for p, gp in owner if gp == pracs[0]]
+    unread = sum(1 for j in range(messages) if j % 4 != 3 and owner[j % len(owner)][1] == pracs[0])
+    extra = max(0, first_unread - unread)
+    for k in range(extra):
+        repo.create("Communication", message_json(mine[k % len(mine)], pracs[0], topic=f"Extra message {k}"))
+        if (k + 1) % COMMIT_EVERY == 0:
+            session.commit()
+    session.commit()
     t2 = time.perf_counter()
     session.close()
-    first = [p.split("/", 1)[1] for p, gp in owner if gp == pracs[0]]
+    first = [p.split("/", 1)[1] for p in mine]
     return Seeded(
         provider_user_id=prov_users[0],
         practitioner=pracs[0],
         patients=first,
         seconds={"patients": t1 - t0, "messages": t2 - t1},
-        counts={"patients": patients, "providers": providers, "messages": messages},
+        counts={
+            "patients": patients,
+            "providers": providers,
+            "messages": messages + extra,
+            "first_unread": unread + extra,
+        },
     )
 
 
@@ -486,6 +503,9 @@ def main() -> int:
     ap.add_argument("--patients", type=int, default=1000, help="1,000 (default) or 10,000")
     ap.add_argument("--providers", type=int, default=3)
     ap.add_argument("--messages", type=int, default=10_000, help="Communications (1,000,000: use --private-pg)")
+    ap.add_argument(
+        "--first-unread", type=int, default=0, help="seed until the first provider has this many unread (22500)"
+    )
     ap.add_argument("--private-pg", action="store_true", help="a private PostgreSQL instance (initdb), removed after")
     ap.add_argument("--seconds", type=int, default=10, help="per wrk run")
     ap.add_argument("--warmup", type=int, default=3, help="seconds of wrk before each row's runs")
@@ -499,6 +519,11 @@ def main() -> int:
         help="before the rows, wait up to this long for the 1-minute load average to fall below 1.0",
     )
     ap.add_argument("--only", default="", help="comma-separated row keys (bare,read,name,inbox,unread,chart,create)")
+    ap.add_argument(
+        "--section",
+        default="hot_path.py",
+        help="docs/benchmarks.md section to write (runs at other sizes keep their own: hot_path.py 1M)",
+    )
     ap.add_argument("--note", default="", help="a line for the section (what tree was measured, say)")
     ap.add_argument("--output", default=str(ROOT / "docs" / "benchmarks.md"), help="'' prints only")
     args = ap.parse_args()
@@ -518,7 +543,13 @@ def main() -> int:
             upgrade(db_url)
             port, bare_port = free_port(), free_port()
             env = {**os.environ, **test_env(tmp, db_url, port)}
-            data = seed(env, patients=args.patients, providers=args.providers, messages=args.messages)
+            data = seed(
+                env,
+                patients=args.patients,
+                providers=args.providers,
+                messages=args.messages,
+                first_unread=args.first_unread,
+            )
             s = data.seconds
             print(
                 f"seeded {args.patients:,} patients (with accounts) in {s['patients']:.0f} s "
@@ -592,7 +623,7 @@ def main() -> int:
         shutil.rmtree(tmp, ignore_errors=True)
     text = report(args, data, rows, soaked, load_before, os.getloadavg())
     if args.output:
-        write_section(Path(args.output), "hot_path.py", text)
+        write_section(Path(args.output), args.section, text)
     print(text)
     return 0
 
@@ -678,7 +709,9 @@ above: {soaked["targets"]["read"]:,.0f}/s and {soaked["targets"]["create"]:,.0f}
         if args.private_pg
         else "a fresh database on the shared PostgreSQL server"
     )
-    return f"""## The hot path at realistic size (bench/hot_path.py)
+    c = data.counts
+    size = f"{c['patients']:,} Patients, {c['providers']} providers, {c['messages']:,} Communications"
+    return f"""## The hot path: {size} (bench/hot_path.py)
 
 Measured on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC: {platform.machine()}, {os.cpu_count()} cores,
 Python {platform.python_version()}, {db} on the same machine; 1-minute load average
@@ -692,6 +725,7 @@ Reproduce: `{command(args)}`{chr(10) + chr(10) + args.note if args.note else ""}
   ({s["patients"]:.0f} s: **{data.counts["patients"] / s["patients"]:,.0f} patients/s** with their accounts);
   {data.counts["messages"]:,} Communications, three in four from the patient, one in four from the provider
   ({s["messages"]:.0f} s: **{data.counts["messages"] / max(s["messages"], 1e-9):,.0f} messages/s**). `ANALYZE` after.
+  The first provider has {data.counts.get("first_unread", 0):,} unread messages.
 - The first provider's token reads its {len(data.patients):,} patients in rotation (read, chart);
   {NAME_MATCHES} of them are named {NAME_MATCH} (`name={NAME_QUERY}`); the inbox and unread count are its own.
 - gunicorn `{" ".join(GUNICORN)}` for the server and the bare endpoint alike.
