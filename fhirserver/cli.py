@@ -298,15 +298,31 @@ def audit_seal() -> None:
 
 
 @audit.command("verify")
-def audit_verify() -> None:
-    """Check the sealed chain link by link and report the unsealed tail; exit 1 if the chain is broken."""
+@click.option(
+    "--anchor",
+    "anchors",
+    multiple=True,
+    metavar="SEQ:HASH",
+    help="A head recorded outside the database (the beat task logs it; verify prints it); repeatable.",
+)
+def audit_verify(anchors: tuple[str, ...]) -> None:
+    """Check the sealed chain link by link and report the unsealed tail; exit 1 if the chain is broken.
+
+    With ``--anchor``, also check that each recorded head is still in the chain with its
+    hash: a chain cut back at its end is otherwise valid link by link.
+    """
     from datetime import UTC, datetime
 
     from fhirserver.core import audit_chain
 
+    try:
+        parsed = tuple(audit_chain.parse_anchor(a) for a in anchors)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--anchor") from None
     settings = get_settings()
     with db_session(settings) as session, session.get_bind().connect() as conn:
-        result = audit_chain.verify(conn, audit_chain.chain_key(settings.secret_key))
+        result = audit_chain.verify(conn, audit_chain.chain_key(settings.secret_key), anchors=parsed)
+        seq, digest = audit_chain.head(conn)
     age = ""
     if result.oldest_unsealed is not None:
         age = f", oldest {int((datetime.now(UTC) - result.oldest_unsealed).total_seconds())} s old"
@@ -316,6 +332,7 @@ def audit_verify() -> None:
         for problem in result.problems:
             click.echo(f"BROKEN: {problem}", err=True)
         raise click.exceptions.Exit(1)
+    click.echo(f"head: {seq}:{digest}")
     click.echo("audit chain OK")
 
 

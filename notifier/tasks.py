@@ -283,5 +283,6 @@ def seal_audit_log(self: Any) -> int:
         # The head, logged outside the database: an anchor against truncating the chain's end.
         with engine.connect() as conn:
             seq, digest = audit_chain.head(conn)
-        log.info("audit chain: sealed %d record(s); head seal %d hash %s", count, seq, digest)
+        # SEQ:HASH is what `fhirserver audit verify --anchor` takes.
+        log.info("audit chain: sealed %d record(s); head %d:%s", count, seq, digest)
     return count

@@ -150,11 +150,29 @@ class Verification:
         return not self.problems
 
 
-def verify(conn: Connection, key: bytes, *, max_problems: int = 20) -> Verification:
-    """Walk the sealed chain in seal order and recompute every link; report the unsealed tail."""
+def parse_anchor(text: str) -> tuple[int, str]:
+    """``SEQ:HASH`` as the beat task logs it and ``audit verify`` prints it, or ValueError."""
+    seq, sep, digest = text.strip().partition(":")
+    hexdigits = set("0123456789abcdefABCDEF")
+    if not sep or not seq.isdigit() or int(seq) < 1 or len(digest) != 64 or not set(digest) <= hexdigits:
+        raise ValueError("an anchor is SEQ:HASH, the seal number and its 64-digit hex hash")
+    return int(seq), digest.lower()
+
+
+def verify(
+    conn: Connection, key: bytes, *, anchors: tuple[tuple[int, str], ...] = (), max_problems: int = 20
+) -> Verification:
+    """Walk the sealed chain in seal order and recompute every link; report the unsealed tail.
+
+    A chain is valid link by link even after its newest seals were deleted; ``anchors``
+    (heads recorded outside the database, e.g. from the beat task's log) catch that: each
+    anchored seal must still be there with the hash recorded.
+    """
     problems: list[str] = []
     expected_seq, prev = 0, GENESIS
     sealed = 0
+    wanted = dict(anchors)
+    found: dict[int, str] = {}
     result = conn.execute(
         select(TABLE).where(TABLE.c.seal_seq.isnot(None)).order_by(TABLE.c.seal_seq).execution_options(yield_per=1000)
     )
@@ -172,6 +190,8 @@ def verify(conn: Connection, key: bytes, *, max_problems: int = 20) -> Verificat
             row.hash, seal_hash(key, row.prev_hash or "", row.seal_seq, row)
         ):
             problems.append(f"seal {row.seal_seq}: the record does not match its seal")
+        if row.seal_seq in wanted:
+            found[row.seal_seq] = row.hash or ""
         prev = row.hash or ""
     partial = conn.execute(
         select(func.count())
@@ -180,6 +200,11 @@ def verify(conn: Connection, key: bytes, *, max_problems: int = 20) -> Verificat
     ).scalar_one()
     if partial:
         problems.append(f"{partial} unsealed record(s) carry seal values")
+    for seq, digest in sorted(wanted.items()):
+        if seq not in found:
+            problems.append(f"anchored seal {seq} is gone: the chain was cut back to {expected_seq}")
+        elif not hmac.compare_digest(found[seq], digest):
+            problems.append(f"anchored seal {seq} has another hash than the one recorded")
     unsealed, oldest = conn.execute(
         select(func.count(), func.min(TABLE.c.recorded)).select_from(TABLE).where(TABLE.c.seal_seq.is_(None))
     ).one()

@@ -289,6 +289,9 @@ def test_E4_cli_audit_verify_reports_and_fails_on_a_broken_chain(
     assert sealed.exit_code == 0, sealed.output
     ok = runner.invoke(main, ["audit", "verify"], env=env)
     assert ok.exit_code == 0 and "audit chain OK" in ok.output and "unsealed tail" in ok.output, ok.output
+    head = next(line.split(" ", 1)[1] for line in ok.output.splitlines() if line.startswith("head: "))
+    anchored = runner.invoke(main, ["audit", "verify", "--anchor", head], env=env)
+    assert anchored.exit_code == 0 and "audit chain OK" in anchored.output, anchored.output
     with engine.begin() as conn:
         original = conn.scalar(select(TABLE.c.outcome).where(TABLE.c.event_id == row["event_id"]))
         conn.execute(update(TABLE).where(TABLE.c.event_id == row["event_id"]).values(outcome="8"))
@@ -299,6 +302,37 @@ def test_E4_cli_audit_verify_reports_and_fails_on_a_broken_chain(
         with engine.begin() as conn:
             conn.execute(update(TABLE).where(TABLE.c.event_id == row["event_id"]).values(outcome=original))
     assert runner.invoke(main, ["audit", "verify"], env=env).exit_code == 0
+
+
+def test_E4_cutting_the_chain_back_is_caught_by_an_anchor(engine: Any, key: bytes) -> None:
+    """Deleting the newest seals leaves a chain valid link by link; a recorded head catches it."""
+    with engine.connect() as conn:
+        trans = conn.begin()
+        try:
+            rows = _sealed_fixture(conn, key, n=3)
+            seq, digest = audit_chain.head(conn)
+            assert audit_chain.verify(conn, key, anchors=((seq, digest),)).ok
+            assert not audit_chain.verify(conn, key, anchors=((seq, "f" * 64),)).ok  # another hash
+            conn.execute(sql_delete(TABLE).where(TABLE.c.event_id == rows[-1]["event_id"]))
+            assert audit_chain.verify(conn, key).ok  # the cut is invisible without the anchor
+            cut = audit_chain.verify(conn, key, anchors=((seq, digest),))
+            assert not cut.ok and any(f"anchored seal {seq} is gone" in p for p in cut.problems), cut.problems
+        finally:
+            trans.rollback()
+
+
+@pytest.mark.parametrize("anchor", ["12", "x:" + "a" * 64, "3:" + "a" * 63, "3:" + "g" * 64, "0:" + "a" * 64])
+def test_E4_cli_audit_verify_refuses_a_malformed_anchor(
+    settings: Any, server_port: int, tmp_path: Path, anchor: str
+) -> None:
+    from click.testing import CliRunner
+
+    from fhirserver.cli import main
+    from tests import conftest
+
+    env = conftest.test_env(tmp_path, settings.database_url, server_port, SECRET_KEY=settings.secret_key)
+    result = CliRunner().invoke(main, ["audit", "verify", "--anchor", anchor], env=env)
+    assert result.exit_code == 2 and "SEQ:HASH" in result.output, result.output
 
 
 # -- the migration -----------------------------------------------------------------------
