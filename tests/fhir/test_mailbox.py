@@ -392,3 +392,41 @@ def test_a_created_message_gets_the_rows_a_recompute_would_give(session, mb_sett
     }
     assert rows == want
     assert {uid for _, uid in rows} == {a.provider_user_id, scenario["staff_id"]}
+
+
+@pytest.mark.parametrize("page", [1, 3])
+def test_mailbox_check_pages_find_what_one_page_finds(session, scenario, page) -> None:
+    """The check walks message ids page by page (bounded memory); no page boundary hides a
+    difference, including rows of a message that does not exist at all."""
+    from fhirserver.webmail import mailbox
+
+    a, msg = scenario["a"], scenario["to_pat"][2]
+    session.execute(
+        update(MailboxRow)
+        .where(MailboxRow.message_id == msg, MailboxRow.user_id == a.patient_user_id)
+        .values(read=True)
+    )
+    for orphan in ("0-orphan", msg + "-orphan", "zzzz-orphan"):  # before, beside and after the real ids
+        session.execute(
+            MailboxRow.__table__.insert().values(
+                message_id=orphan,
+                user_id="nobody",
+                recipient_ref="Practitioner/x",
+                sent=mailbox_sent(session, msg),
+                read=False,
+                read_at=None,
+                deleted=False,
+            )
+        )
+    session.flush()
+    try:
+        whole = mailbox.check(session, page=10**6)
+        assert {(d.message_id, d.problem) for d in whole} >= {
+            (msg, "differs"),
+            ("0-orphan", "unexpected"),
+            (msg + "-orphan", "unexpected"),
+            ("zzzz-orphan", "unexpected"),
+        }
+        assert mailbox.check(session, page=page) == whole
+    finally:
+        session.rollback()
