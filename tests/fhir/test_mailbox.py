@@ -307,17 +307,7 @@ def test_mailbox_check_is_clean_after_the_scenario_and_finds_a_tampered_row(sess
         .where(MailboxRow.message_id == msg, MailboxRow.user_id == a.provider_user_id)
         .values(read=True)
     )
-    session.execute(
-        MailboxRow.__table__.insert().values(
-            message_id=msg,
-            user_id="nobody",
-            recipient_ref="Practitioner/x",
-            sent=mailbox_sent(session, msg),
-            read=False,
-            read_at=None,
-            deleted=False,
-        )
-    )
+    _add_stray_row(session, msg, sent=mailbox_sent(session, msg))
     session.commit()
     found = _check(mb_env)
     assert found.exit_code == 1
@@ -342,6 +332,21 @@ def test_mailbox_check_finds_a_missing_row(session, mb_env, scenario) -> None:
     assert f"missing  Communication/{msg}  user {a.patient_user_id}" in found.output
     assert _check(mb_env, "--fix").exit_code == 0
     assert msg in _mine(session, a.patient_user_id)
+
+
+def _add_stray_row(session: Any, message_id: str, *, sent: Any) -> None:
+    """A mailbox row for user "nobody", whom no message reaches: the check calls it unexpected."""
+    session.execute(
+        MailboxRow.__table__.insert().values(
+            message_id=message_id,
+            user_id="nobody",
+            recipient_ref="Practitioner/x",
+            sent=sent,
+            read=False,
+            read_at=None,
+            deleted=False,
+        )
+    )
 
 
 def mailbox_sent(session: Any, msg: str) -> Any:
@@ -407,17 +412,7 @@ def test_mailbox_check_pages_find_what_one_page_finds(session, scenario, page) -
         .values(read=True)
     )
     for orphan in ("0-orphan", msg + "-orphan", "zzzz-orphan"):  # before, beside and after the real ids
-        session.execute(
-            MailboxRow.__table__.insert().values(
-                message_id=orphan,
-                user_id="nobody",
-                recipient_ref="Practitioner/x",
-                sent=mailbox_sent(session, msg),
-                read=False,
-                read_at=None,
-                deleted=False,
-            )
-        )
+        _add_stray_row(session, orphan, sent=mailbox_sent(session, msg))
     session.flush()
     try:
         whole = mailbox.check(session, page=10**6)
