@@ -10,6 +10,7 @@ key encrypts, every configured key decrypts (rotation re-encrypts later).
 from __future__ import annotations
 
 import os
+from functools import lru_cache
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -65,3 +66,14 @@ def unseal(blob: bytes, key: bytes, purpose: bytes) -> bytes | None:
         return AESGCM(key).decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], purpose)
     except (InvalidTag, ValueError):
         return None
+
+
+def keyring_for(keys: dict[str, bytes], active_key_id: str) -> KeyRing:
+    """The KeyRing of these keys, built once per process (the AEAD objects are reusable and
+    thread-safe): every request's repository needs one, and most never use it."""
+    return _keyring(tuple(sorted(keys.items())), active_key_id)
+
+
+@lru_cache(maxsize=8)
+def _keyring(items: tuple[tuple[str, bytes], ...], active_key_id: str) -> KeyRing:
+    return KeyRing(dict(items), active_key_id)

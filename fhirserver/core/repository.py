@@ -21,7 +21,7 @@ from sqlalchemy.orm.util import identity_key
 
 from fhirserver.config import Settings
 from fhirserver.core import access, audit_log
-from fhirserver.core.crypto import ENCRYPTED_TYPES, KeyRing
+from fhirserver.core.crypto import ENCRYPTED_TYPES, keyring_for
 from fhirserver.core.errors import FhirError, not_found
 from fhirserver.core.hooks import AFTER_WRITE, BEFORE_WRITE, WriteContext, WriteRule
 from fhirserver.core.instants import instant, now_utc
@@ -88,7 +88,7 @@ class Repository:
         self.session = session
         self.settings = settings
         self.principal = principal
-        self.keys = KeyRing(settings.encryption_keys, settings.active_key_id)
+        self.keys = keyring_for(settings.encryption_keys, settings.active_key_id)
         # The domain rules (WebMail) always run: every process that writes comes through here.
         # Loaded on first use rather than at import, so that importing the core stays cheap;
         # the rules import only fhirserver.core.hooks, never this module (no cycle).
