@@ -681,6 +681,13 @@ def report(
             f"| app memory under load (PSS, master + workers) | {MEDPLUM_PSS_MB} MB | {pss:,.0f} MB "
             f"| **{pss / MEDPLUM_PSS_MB:.2f}x** | <= 0.33x |"
         )
+    medplum_text = ""
+    if medplum_rows:  # the inbox rows have no Medplum figure
+        medplum_text = (
+            "Against Medplum 4.5.2 (issue 7's fixed reference figures, same machine kind, concurrency 8;"
+            " not rebuilt):\n\n| | Medplum 4.5.2 | ours | ours / Medplum | target |\n|---|---|---|---:|---:|\n"
+            + "\n".join(medplum_rows)
+        )
     soak_text = ""
     if soaked:
         o = soaked["outs"]
@@ -738,11 +745,7 @@ Reproduce: `{command(args)}`{chr(10) + chr(10) + args.note if args.note else ""}
 
 {chr(10).join(ratios)}
 
-Against Medplum 4.5.2 (issue 7's fixed reference figures, same machine kind, concurrency 8; not rebuilt):
-
-| | Medplum 4.5.2 | ours | ours / Medplum | target |
-|---|---|---|---:|---:|
-{chr(10).join(medplum_rows)}
+{medplum_text}
 {soak_text}"""
 
 
