@@ -166,19 +166,6 @@ class ScopeSet:
         parsed on each of its requests, and the parse is pure)."""
         return _parse(scope)
 
-    @classmethod
-    def _parse_uncached(cls, scope: str) -> ScopeSet:
-        raw = tuple(s for s in scope.split() if s)
-        parsed: list[ResourceScope] = []
-        for s in raw:
-            try:
-                rs = parse_scope(s)
-            except ScopeError:
-                continue  # a malformed scope grants nothing
-            if rs is not None:
-                parsed.append(rs)
-        return cls(raw, tuple(parsed))
-
     def allows(self, resource_type: str, permission: str, context: str | None = None) -> bool:
         return any(
             rs.covers(resource_type, permission) and (context is None or rs.context == context) for rs in self.resources
@@ -206,4 +193,13 @@ def validate_requested(scope: str) -> list[str]:
 
 @lru_cache(maxsize=1024)
 def _parse(scope: str) -> ScopeSet:
-    return ScopeSet._parse_uncached(scope)
+    raw = tuple(s for s in scope.split() if s)
+    parsed: list[ResourceScope] = []
+    for s in raw:
+        try:
+            rs = parse_scope(s)
+        except ScopeError:
+            continue  # a malformed scope grants nothing
+        if rs is not None:
+            parsed.append(rs)
+    return ScopeSet(raw, tuple(parsed))

@@ -68,15 +68,6 @@ def _check_format() -> None:
             raise FhirError(415, "not-supported", "Send FHIR resources in UTF-8 (charset=utf-8)")
 
 
-def _is_read(method: str, path: str) -> bool:
-    """A plain read (``GET [type]/[id]``): its own query may check the token's grant."""
-    try:
-        found = match(method, path)
-    except FhirError:
-        return False
-    return found is not None and found[0] == "read"
-
-
 class AnyPathConverter(BaseConverter):
     """Like ``path``, but also matches line breaks (Werkzeug's ``.`` does not), so that an id
     with CR/LF reaches our error path instead of Werkzeug's HTML 404."""
@@ -114,7 +105,15 @@ def create_fhir_blueprint(tokens: TokenAuthority, origins: AllowedOrigins | None
         session = db.session()
         try:
             principal = None
-            plain_read = _is_read(request.method, path)
+            # Routed once here; a method the path does not take (405) is raised after the
+            # token check and before the format checks.
+            route_error: FhirError | None = None
+            try:
+                route = match(request.method, path)
+            except FhirError as exc:
+                route, route_error = None, exc
+            # A plain read (GET [type]/[id]): its own query may check the token's grant.
+            plain_read = route is not None and route[0] == "read"
             if plain_read:
                 without_transaction(session)
             if not (request.method == "GET" and path.strip("/") == "metadata"):
@@ -132,7 +131,8 @@ def create_fhir_blueprint(tokens: TokenAuthority, origins: AllowedOrigins | None
                         _audit_refused(request.remote_addr, request.headers.get("Authorization") is not None)
                     raise
             try:
-                match(request.method, path)  # a method the path does not take: 405 before the format checks
+                if route_error is not None:
+                    raise route_error
                 _check_format()
             except FhirError:
                 if principal is not None and principal.pending is not None:
