@@ -721,35 +721,41 @@ def break_glass_revoke(grant_id: str) -> None:
 
 @main.group("mailbox")
 def mailbox_group() -> None:
-    """The WebMail mailbox table (inbox pages and unread counts): check it against the resources."""
+    """The WebMail tables derived from the messages (mailbox and chart): check them against the resources."""
 
 
 @mailbox_group.command("check")
 @click.option("--fix", is_flag=True, help="Rewrite the rows that differ from the recomputed ones.")
 def mailbox_check(fix: bool) -> None:
-    """Recompute every mailbox row from the messages, accounts and read state; list differences.
+    """Recompute every mailbox row (from the messages, accounts and read state) and every chart row
+    (from the messages' index rows); list the differences.
 
-    One line per difference (message id, user id, missing / unexpected / differs: ids only,
-    never message content); exits 1 when there is any, unless --fix repaired them.
+    One line per difference (the table, message id, user id or subject reference, missing /
+    unexpected / differs: ids only, never message content); exits 1 when there is any,
+    unless --fix repaired them.
     """
-    from fhirserver.webmail import mailbox
+    from fhirserver.webmail import chart, mailbox
 
     settings = get_settings()
     with db_session(settings) as session:
-        diffs = mailbox.check(session, fix=fix)
+        boxed = mailbox.check(session, fix=fix)
+        charted = chart.check(session, fix=fix)
         if fix:
             session.commit()
         else:
             session.rollback()
-    for d in diffs:
+    for d in boxed:
         click.echo(f"{d.problem}  Communication/{d.message_id}  user {d.user_id}")
-    if not diffs:
-        click.echo("mailbox matches the messages", err=True)
+    for c in charted:
+        click.echo(f"{c.problem}  Communication/{c.message_id}  chart {c.subject_ref}")
+    count = len(boxed) + len(charted)
+    if not count:
+        click.echo("mailbox and chart match the messages", err=True)
         return
     if fix:
-        click.echo(f"fixed {len(diffs)} mailbox row(s)", err=True)
+        click.echo(f"fixed {count} row(s)", err=True)
         return
-    click.echo(f"{len(diffs)} mailbox row(s) differ (run `fhirserver mailbox check --fix` to repair)", err=True)
+    click.echo(f"{count} row(s) differ (run `fhirserver mailbox check --fix` to repair)", err=True)
     sys.exit(1)
 
 

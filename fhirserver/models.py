@@ -217,6 +217,26 @@ class MailboxRow(Base):
     )
 
 
+class ChartRow(Base):
+    """One Communication in its subject's chart: what ``Communication?subject=..&_sort=-sent`` reads.
+
+    Derived data like the mailbox (docs/webmail-profile.md, "Chart"): one row per
+    (Communication, subject reference), written in the message's transaction from its index
+    rows and checked against them by ``fhirserver mailbox check``. The composite index lets a
+    chart page read its ``_count + 1`` rows, newest first, and stop.
+    """
+
+    __tablename__ = "chart"
+    message_id: Mapped[str] = mapped_column(String(ID_LEN), primary_key=True)
+    subject_ref: Mapped[str] = mapped_column(String(TYPE_LEN + ID_LEN + 1), primary_key=True)
+    # The generic search puts messages without ``sent`` last; ordering on (has_sent, sent)
+    # does the same on one index without a sentinel date or NULLS LAST.
+    has_sent: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    # ``sent`` as the search sorts it: the upper bound of its range.
+    sent: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    __table_args__ = (Index("ix_chart_subject_sent", "subject_ref", "has_sent", "sent", "message_id"),)
+
+
 class AuditLogRow(Base):
     """One AuditEvent, append-only: searchable columns, the BALP JSON, and its seal in the hash chain.
 

@@ -9,11 +9,12 @@ handler runs, and the CapabilityStatement and docs/security.md publish it.
 from __future__ import annotations
 
 from fhirserver import break_glass
-from fhirserver.core.hooks import ENTRY_DECORATORS, SEARCH_PLANNERS, register_operation, register_rules
-from fhirserver.webmail import inbox, mailbox, operations, outbox, rules
+from fhirserver.core.hooks import ENTRY_DECORATORS, register_operation, register_rules, register_search_planner
+from fhirserver.webmail import chart, inbox, mailbox, operations, outbox, rules
 
 register_rules("Communication", before=rules.before_communication, after=outbox.after_communication)
 register_rules("Communication", after=mailbox.after_communication)  # the recipients' mailbox rows
+register_rules("Communication", after=chart.after_communication)  # the subject's chart rows
 register_rules("Patient", before=rules.before_patient)
 
 register_operation(
@@ -67,4 +68,5 @@ register_operation(
     "birth date, with a reason (providers only; audited ETREAT, administrators alerted).",
 )
 ENTRY_DECORATORS["Communication"] = operations.read_state_extensions
-SEARCH_PLANNERS["Communication"] = inbox.plan  # the inbox page from the mailbox rows
+register_search_planner("Communication", inbox.plan)  # the inbox page from the mailbox rows
+register_search_planner("Communication", chart.plan)  # a patient's chart from the chart rows

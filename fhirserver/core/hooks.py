@@ -87,10 +87,17 @@ OPERATIONS: dict[tuple[str, str, str], Operation] = {}
 ENTRY_DECORATORS: dict[str, Callable[[Call, list[str]], dict[str, list[dict[str, Any]]]]] = {}
 
 
-# res_type -> function(session, principal, request, restrict) -> a SearchPage, or None to let the
-# generic search run. A planner answers only searches it serves exactly as the generic one
-# would (same rows, order and paging), from a table of its own (the WebMail inbox).
-SEARCH_PLANNERS: dict[str, Callable[[Session, Principal, Any, Any], Any]] = {}
+# res_type -> functions(session, principal, request, restrict) -> a SearchPage, or None to pass.
+# The first planner that answers wins; when none does, the generic search runs. A planner
+# answers only searches it serves exactly as the generic one would (same rows, order and
+# paging), from a table of its own (the WebMail inbox, the chart).
+SearchPlanner = Callable[[Session, Principal, Any, Any], Any]
+SEARCH_PLANNERS: dict[str, list[SearchPlanner]] = {}
+
+
+def register_search_planner(res_type: str, planner: SearchPlanner) -> None:
+    if planner not in SEARCH_PLANNERS.setdefault(res_type, []):
+        SEARCH_PLANNERS[res_type].append(planner)
 
 
 def register_operation(

@@ -225,9 +225,11 @@ class Repository:
         from fhirserver.core.hooks import SEARCH_PLANNERS
 
         restrict = access.row_conditions(self.principal, res_type, "s")
-        planner = SEARCH_PLANNERS.get(res_type)
-        page = planner(self.session, self.principal, req, restrict) if planner else None
-        return page if page is not None else run_search(self.session, req, restrict)
+        for planner in SEARCH_PLANNERS.get(res_type, ()):
+            page = planner(self.session, self.principal, req, restrict)
+            if page is not None:
+                return page
+        return run_search(self.session, req, restrict)
 
     def visible_ids(self, res_type: str, ids: list[str]) -> set[str]:
         conds = access.row_conditions(self.principal, res_type)

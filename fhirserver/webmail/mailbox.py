@@ -331,11 +331,12 @@ class Difference:
 CHECK_PAGE = 2000
 
 
-def _next_ids(session: Session, after: str, page: int) -> list[str]:
-    """The next ``page`` message ids after ``after``, of Communications and mailbox rows alike.
+def next_ids(session: Session, after: str, page: int, derived: Any = MailboxRow.message_id) -> list[str]:
+    """The next ``page`` message ids after ``after``, of Communications and ``derived`` rows alike.
 
     Each source gives its first ``page`` ids; the union's first ``page`` then holds every id
-    of either source up to its last one, so no id is skipped between pages.
+    of either source up to its last one, so no id is skipped between pages. ``derived`` is
+    the message-id column of the table being checked (the mailbox's, or the chart's).
     """
     msgs = session.execute(
         select(ResourceRow.res_id)
@@ -344,11 +345,7 @@ def _next_ids(session: Session, after: str, page: int) -> list[str]:
         .limit(page)
     ).scalars()
     boxed = session.execute(
-        select(MailboxRow.message_id)
-        .where(MailboxRow.message_id > after)
-        .group_by(MailboxRow.message_id)
-        .order_by(MailboxRow.message_id)
-        .limit(page)
+        select(derived).where(derived > after).group_by(derived).order_by(derived).limit(page)
     ).scalars()
     return sorted(set(msgs) | set(boxed))[:page]
 
@@ -361,7 +358,7 @@ def check(session: Session, *, fix: bool = False, page: int = CHECK_PAGE) -> lis
     """
     diffs: list[Difference] = []
     after = ""
-    while ids := _next_ids(session, after, page):
+    while ids := next_ids(session, after, page):
         diffs += _check_page(session, ids, fix=fix)
         after = ids[-1]
     return diffs

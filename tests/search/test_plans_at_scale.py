@@ -63,7 +63,7 @@ RUNS = 8  # more than psycopg's prepare_threshold (5) and PostgreSQL's 5 custom 
 BASE = "https://fhir.example/fhir"
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 BIG_TABLES = frozenset(
-    {"resource", "idx_string", "idx_token", "idx_reference", "idx_date", "webmail_read_state", "mailbox"}
+    {"resource", "idx_string", "idx_token", "idx_reference", "idx_date", "webmail_read_state", "mailbox", "chart"}
 )
 # A bounded query's estimated cost (PostgreSQL's units: ~1 per page read): its work does not
 # grow with the number of patients or messages (a patient's chart of 10 messages: ~550; the
@@ -146,6 +146,12 @@ def _load(url: str) -> None:
         ref = f"Practitioner/{provider_of(pat)}" if i % 2 == 0 else f"Patient/{patient_id(pat)}"
         read = i % 8 == 0
         mailbox.append((msg, f"u-{ref.split('/')[1]}", ref, sent_at[msg], read, T0 if read else None, False))
+    # The chart: a row per message and subject (fhirserver.webmail.chart).
+    chart = [
+        (r[1], f"{r[3]}/{r[4]}", True, sent_at[r[1]])
+        for r in index["reference"]
+        if r[0] == "Communication" and r[2] == "subject"
+    ]
     users = [(f"u-d{k}", f"dr{k}", "provider", f"Practitioner/d{k}") for k in range(PROVIDERS)]
     users += [(f"u-{patient_id(i)}", patient_id(i), "patient", f"Patient/{patient_id(i)}") for i in range(PATIENTS)]
     accounts = [(*u, "x", "", False, True, T0) for u in users]
@@ -170,6 +176,8 @@ def _load(url: str) -> None:
         if cur.execute("SELECT to_regclass('mailbox')").fetchone() != (None,):
             mailbox_cols = ("message_id", "user_id", "recipient_ref", "sent", "read", "read_at", "deleted")
             tables.append(("mailbox", mailbox_cols, mailbox))
+        if cur.execute("SELECT to_regclass('chart')").fetchone() != (None,):
+            tables.append(("chart", ("message_id", "subject_ref", "has_sent", "sent"), chart))
         for table, cols, values in tables:
             with cur.copy(f"COPY {table} ({', '.join(cols)}) FROM STDIN") as copy:
                 for row in values:
