@@ -34,6 +34,7 @@ are what the docs quote.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import re
@@ -48,7 +49,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -83,13 +84,21 @@ def _as_postgres(*cmd: str) -> None:
 
 
 @contextmanager
-def private_pg() -> Iterator[str]:
-    """A PostgreSQL instance of this run's own (initdb as postgres, its own port), removed after."""
+def private_pg(keep: Path | None = None, reuse: Path | None = None) -> Iterator[str]:
+    """A PostgreSQL instance of this run's own (initdb as postgres, its own port), removed after.
+
+    ``keep``: the instance lives in that folder and stays after the run (stopped), so that a
+    later run can measure a newer tree on the same seeded data with ``reuse`` (started on a new
+    port and migrated; seeding 1M messages takes most of an hour).
+    """
     pg = _pg_bin()
-    home = Path(tempfile.mkdtemp(prefix="bench-pg-"))
+    home = reuse or keep or Path(tempfile.mkdtemp(prefix="bench-pg-"))
+    if keep is not None and reuse is None:
+        home.mkdir(parents=True, exist_ok=False)
     shutil.chown(home, "postgres", "postgres")
     data, port = home / "data", free_port()
-    _as_postgres(str(pg / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync")
+    if reuse is None:
+        _as_postgres(str(pg / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync")
     opts = f"-p {port} -k {home} -c listen_addresses=127.0.0.1 -c shared_buffers=256MB -c max_connections=100"
     started = False
     try:
@@ -97,14 +106,26 @@ def private_pg() -> Iterator[str]:
         started = True
         import psycopg
 
-        with psycopg.connect(f"postgresql://postgres@127.0.0.1:{port}/postgres", autocommit=True) as conn:
-            conn.execute('CREATE DATABASE "bench"')
+        if reuse is None:
+            with psycopg.connect(f"postgresql://postgres@127.0.0.1:{port}/postgres", autocommit=True) as conn:
+                conn.execute('CREATE DATABASE "bench"')
         print(f"private PostgreSQL {pg.parent.name} on port {port}", file=sys.stderr)
         yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/bench"
     finally:
         if started:
             _as_postgres(str(pg / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")
-        shutil.rmtree(home, ignore_errors=True)
+        if keep is None and reuse is None:
+            shutil.rmtree(home, ignore_errors=True)
+
+
+SEEDED = "seeded.json"  # in a --keep-pg folder: what was seeded, for --reuse-pg
+
+
+def tree_id() -> str:
+    """The commit measured (with ``+changes`` when the work tree differs from it)."""
+    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True)
+    return (rev.stdout.strip() or "unknown") + ("+changes" if dirty.stdout.strip() else "")
 
 
 @contextmanager
@@ -126,6 +147,7 @@ class Seeded:
     patients: list[str]  # the first provider's Patient ids
     seconds: dict[str, float] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
+    seeded_on: str = ""  # when and on which tree (a run with --reuse-pg measures a later tree)
 
 
 def install_optional_ports() -> None:
@@ -507,6 +529,10 @@ def main() -> int:
         "--first-unread", type=int, default=0, help="seed until the first provider has this many unread (22500)"
     )
     ap.add_argument("--private-pg", action="store_true", help="a private PostgreSQL instance (initdb), removed after")
+    ap.add_argument("--keep-pg", type=Path, help="with --private-pg: keep the seeded instance in this new folder")
+    ap.add_argument(
+        "--reuse-pg", type=Path, help="measure on an instance kept by --keep-pg (migrated to this tree; no seeding)"
+    )
     ap.add_argument("--seconds", type=int, default=10, help="per wrk run")
     ap.add_argument("--warmup", type=int, default=3, help="seconds of wrk before each row's runs")
     ap.add_argument("--soak", action="store_true", help="then 10 minutes of read + create at 80%% of peak")
@@ -530,6 +556,9 @@ def main() -> int:
     if not shutil.which("wrk"):
         print("wrk is not installed (apt-get install wrk)", file=sys.stderr)
         return 2
+    if (args.keep_pg or args.reuse_pg) and not args.private_pg:
+        print("--keep-pg and --reuse-pg go with --private-pg", file=sys.stderr)
+        return 2
     if args.private_pg and os.geteuid() != 0:
         print("--private-pg runs initdb as the postgres user: run as root", file=sys.stderr)
         return 2
@@ -537,26 +566,34 @@ def main() -> int:
     load_before = os.getloadavg()
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        with private_pg() if args.private_pg else shared_pg() as db_url:
+        pg = private_pg(args.keep_pg, args.reuse_pg) if args.private_pg else shared_pg()
+        with pg as db_url:
             from fhirserver.migrate import upgrade
 
             upgrade(db_url)
             port, bare_port = free_port(), free_port()
             env = {**os.environ, **test_env(tmp, db_url, port)}
-            data = seed(
-                env,
-                patients=args.patients,
-                providers=args.providers,
-                messages=args.messages,
-                first_unread=args.first_unread,
-            )
-            s = data.seconds
-            print(
-                f"seeded {args.patients:,} patients (with accounts) in {s['patients']:.0f} s "
-                f"({args.patients / s['patients']:,.0f}/s), {args.messages:,} messages in {s['messages']:.0f} s "
-                f"({args.messages / max(s['messages'], 1e-9):,.0f}/s)",
-                file=sys.stderr,
-            )
+            if args.reuse_pg:
+                data = Seeded(**json.loads((args.reuse_pg / SEEDED).read_text()))
+                print(f"reusing the data seeded on {data.seeded_on}", file=sys.stderr)
+            else:
+                data = seed(
+                    env,
+                    patients=args.patients,
+                    providers=args.providers,
+                    messages=args.messages,
+                    first_unread=args.first_unread,
+                )
+                data.seeded_on = f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, tree {tree_id()}"
+                if args.keep_pg:
+                    (args.keep_pg / SEEDED).write_text(json.dumps(asdict(data)))
+                s = data.seconds
+                print(
+                    f"seeded {args.patients:,} patients (with accounts) in {s['patients']:.0f} s "
+                    f"({args.patients / s['patients']:,.0f}/s), {args.messages:,} messages in {s['messages']:.0f} s "
+                    f"({args.messages / max(s['messages'], 1e-9):,.0f}/s)",
+                    file=sys.stderr,
+                )
             analyze(db_url)
             gunicorn = str(Path(sys.executable).parent / "gunicorn")
             for p, app in ((port, "fhirserver.wsgi:application"), (bare_port, "bench.bare_app:app")):
@@ -716,6 +753,9 @@ above: {soaked["targets"]["read"]:,.0f}/s and {soaked["targets"]["create"]:,.0f}
         if args.private_pg
         else "a fresh database on the shared PostgreSQL server"
     )
+    reused = ""
+    if args.reuse_pg:
+        reused = f" on {data.seeded_on}, kept (`--keep-pg`) and migrated to the tree measured here"
     c = data.counts
     size = f"{c['patients']:,} Patients, {c['providers']} providers, {c['messages']:,} Communications"
     return f"""## The hot path: {size} (bench/hot_path.py)
@@ -727,7 +767,7 @@ Python {platform.python_version()}, {db} on the same machine; 1-minute load aver
 
 Reproduce: `{command(args)}`{chr(10) + chr(10) + args.note if args.note else ""}
 
-- Data, seeded through `Repository` (system principal, {COMMIT_EVERY:,} writes per transaction):
+- Data, seeded through `Repository` (system principal, {COMMIT_EVERY:,} writes per transaction){reused}:
   {data.counts["patients"]:,} Patients over {data.counts["providers"]} providers, each with a portal account
   ({s["patients"]:.0f} s: **{data.counts["patients"] / s["patients"]:,.0f} patients/s** with their accounts);
   {data.counts["messages"]:,} Communications, three in four from the patient, one in four from the provider

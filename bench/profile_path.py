@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.hot_path import NAME_QUERY, mint, seed, shared_pg  # noqa: E402
+from bench.run import analyze  # noqa: E402
 from tests.support import free_port, test_env  # noqa: E402
 
 KINDS = ("read", "create", "name", "inbox", "unread", "chart")
@@ -64,6 +65,7 @@ def main() -> int:
         upgrade(db_url)
         env = {**os.environ, **test_env(tmp, db_url, free_port())}
         data = seed(env, patients=args.patients, providers=3, messages=args.messages)
+        analyze(db_url)  # statistics, as bench/hot_path.py and autovacuum give them
         os.environ.update(env)
         from fhirserver.wsgi import application
 

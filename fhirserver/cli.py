@@ -730,9 +730,9 @@ def mailbox_check(fix: bool) -> None:
     """Recompute every mailbox row (from the messages, accounts and read state) and every chart row
     (from the messages' index rows); list the differences.
 
-    One line per difference (the table, message id, user id or subject reference, missing /
-    unexpected / differs: ids only, never message content); exits 1 when there is any,
-    unless --fix repaired them.
+    Then each user's unread counter against their rows. One line per difference (message id,
+    user id or subject reference, missing / unexpected / differs / count: ids only, never
+    message content); exits 1 when there is any, unless --fix repaired them.
     """
     from fhirserver.webmail import chart, mailbox
 
@@ -745,7 +745,10 @@ def mailbox_check(fix: bool) -> None:
         else:
             session.rollback()
     for d in boxed:
-        click.echo(f"{d.problem}  Communication/{d.message_id}  user {d.user_id}")
+        if d.problem == "count":
+            click.echo(f"count  user {d.user_id}  (the unread counter differs from the rows)")
+        else:
+            click.echo(f"{d.problem}  Communication/{d.message_id}  user {d.user_id}")
     for c in charted:
         click.echo(f"{c.problem}  Communication/{c.message_id}  chart {c.subject_ref}")
     count = len(boxed) + len(charted)

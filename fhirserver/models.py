@@ -217,6 +217,20 @@ class MailboxRow(Base):
     )
 
 
+class MailboxUnreadRow(Base):
+    """A user's unread count: the number of their mailbox rows with ``read`` and ``deleted`` false.
+
+    Written in the same transaction as every mailbox row it counts (a message's rows, a
+    read-state change, a recompute), so ``$unread-count`` reads one row however many messages
+    are unread: a counter, never a cache (docs/webmail-profile.md, "Mailbox"). ``fhirserver
+    mailbox check`` compares it with the rows.
+    """
+
+    __tablename__ = "mailbox_unread"
+    user_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    unread: Mapped[int] = mapped_column(Integer, nullable=False)
+
+
 class ChartRow(Base):
     """One Communication in its subject's chart: what ``Communication?subject=..&_sort=-sent`` reads.
 

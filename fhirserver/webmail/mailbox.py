@@ -23,11 +23,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, and_, delete, exists, false, func, insert, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from fhirserver.core import ports
 from fhirserver.core.hooks import WriteContext
-from fhirserver.models import IdxDate, IdxReference, IdxToken, MailboxRow, ReadState, ResourceRow
+from fhirserver.models import IdxDate, IdxReference, IdxToken, MailboxRow, MailboxUnreadRow, ReadState, ResourceRow
 from fhirserver.webmail import profile
 
 
@@ -173,7 +174,46 @@ def _targets(
     return targets
 
 
+def _bump(session: Session, deltas: dict[str, int]) -> None:
+    """Add ``deltas`` to users' unread counters (a missing counter starts at 0).
+
+    In user-id order, so that two transactions that bump the same users (two messages to one
+    provider and their staff) lock the counter rows in one order and cannot deadlock on them.
+    """
+    dialect = session.get_bind().dialect.name
+    upsert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    for uid in sorted(u for u, d in deltas.items() if d):
+        stmt = upsert(MailboxUnreadRow).values(user_id=uid, unread=deltas[uid])
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["user_id"], set_={"unread": MailboxUnreadRow.unread + stmt.excluded.unread}
+        )
+        session.execute(stmt)
+
+
+def _unread_by_user(session: Session, *where: ColumnElement[bool]) -> dict[str, int]:
+    """How many unread, undeleted rows each user has among the rows ``where`` selects."""
+    rows = session.execute(
+        select(MailboxRow.user_id, func.count())
+        .where(*where, MailboxRow.read == false(), MailboxRow.deleted == false())
+        .group_by(MailboxRow.user_id)
+    ).all()
+    return {uid: int(n) for uid, n in rows}
+
+
+def _delete(session: Session, *where: ColumnElement[bool]) -> None:
+    """Delete the rows ``where`` selects, and take their unread ones off the counters."""
+    gone = _unread_by_user(session, *where)
+    session.execute(delete(MailboxRow).where(*where))
+    _bump(session, {uid: -n for uid, n in gone.items()})
+
+
 def _insert(session: Session, rows: dict[Key, Expected]) -> None:
+    """Insert rows, and count their unread ones on the counters."""
+    deltas: dict[str, int] = {}
+    for (_, uid), e in rows.items():
+        if not e.read and not e.deleted:
+            deltas[uid] = deltas.get(uid, 0) + 1
+    _bump(session, deltas)
     if rows:
         session.execute(
             insert(MailboxRow),
@@ -224,7 +264,7 @@ def message_written(session: Session, message_id: str) -> None:
         ).all()
     ]
     _lock_recipients(session, recipients, exclusive=False)
-    session.execute(delete(MailboxRow).where(MailboxRow.message_id == message_id))
+    _delete(session, MailboxRow.message_id == message_id)
     _insert(session, expected_rows(session, [message_id]))
 
 
@@ -276,7 +316,7 @@ def recompute_user(session: Session, user_id: str, recipient_refs: list[str]) ->
     session.flush()
     refs = sorted(set(recipient_refs))
     _lock_recipients(session, refs, exclusive=True)
-    session.execute(delete(MailboxRow).where(MailboxRow.user_id == user_id))
+    _delete(session, MailboxRow.user_id == user_id)
     if not refs:
         return
     ids: set[str] = set()
@@ -297,20 +337,47 @@ def recompute_user(session: Session, user_id: str, recipient_refs: list[str]) ->
 
 
 def set_read(session: Session, message_id: str, user_id: str, read_at: datetime | None) -> None:
-    """The user's row follows their read-state row (same transaction); ``None`` means unread."""
-    session.execute(
+    """The user's row follows their read-state row (same transaction); ``None`` means unread.
+
+    Only a row whose flag changes is updated, and its counter moves by that: of two
+    concurrent ``$mark-read`` calls, the second re-checks the flag after the first commits
+    (PostgreSQL re-evaluates the WHERE on the locked row) and changes nothing.
+    """
+    read = read_at is not None
+    changed = session.execute(
         update(MailboxRow)
-        .where(MailboxRow.message_id == message_id, MailboxRow.user_id == user_id)
-        .values(read=read_at is not None, read_at=read_at)
-    )
+        .where(MailboxRow.message_id == message_id, MailboxRow.user_id == user_id, MailboxRow.read != read)
+        .values(read=read, read_at=read_at)
+        .returning(MailboxRow.deleted)
+    ).all()
+    if changed and not changed[0][0]:
+        _bump(session, {user_id: -1 if read else 1})
+    elif read:
+        session.execute(  # already read: only the time of the latest read moves
+            update(MailboxRow)
+            .where(MailboxRow.message_id == message_id, MailboxRow.user_id == user_id)
+            .values(read_at=read_at)
+        )
 
 
 def unread_count(session: Session, user_id: str, grant_conditions: Iterable[ColumnElement[bool]] = ()) -> int:
-    """The user's unread, undeleted rows, counted on ``ix_mailbox_user_unread``.
+    """The user's unread, undeleted rows: their counter, or with a granular grant a count of the rows.
 
-    Granular scopes (``grant_conditions`` on ``resource`` rows) join each row to its
-    message, so a message the token cannot read is not counted, as before.
+    Granular scopes (``grant_conditions`` on ``resource`` rows) join each row to its message
+    on ``ix_mailbox_user_unread``, so a message the token cannot read is not counted; without
+    them the counter, written with the rows, is the same number in one row's read.
     """
+    conds = list(grant_conditions)
+    if not conds:
+        counter = session.execute(
+            select(MailboxUnreadRow.unread).where(MailboxUnreadRow.user_id == user_id)
+        ).scalar_one_or_none()
+        return int(counter or 0)
+    return count_unread_rows(session, user_id, conds)
+
+
+def count_unread_rows(session: Session, user_id: str, grant_conditions: Iterable[ColumnElement[bool]] = ()) -> int:
+    """The user's unread, undeleted rows, counted (the definition the counter must agree with)."""
     conds = list(grant_conditions)
     stmt = select(func.count()).select_from(MailboxRow)
     if conds:
@@ -325,7 +392,7 @@ def unread_count(session: Session, user_id: str, grant_conditions: Iterable[Colu
 class Difference:
     message_id: str
     user_id: str
-    problem: str  # "missing" | "unexpected" | "differs"
+    problem: str  # "missing" | "unexpected" | "differs" | "count" (the user's unread counter)
 
 
 CHECK_PAGE = 2000
@@ -354,14 +421,28 @@ def check(session: Session, *, fix: bool = False, page: int = CHECK_PAGE) -> lis
     """Recompute the table from the resources and list what differs; ``fix`` rewrites those rows.
 
     Page by page of message ids, so that memory stays bounded by the page at any size of
-    the table (a million messages are a few million rows).
+    the table (a million messages are a few million rows). Then the unread counters against
+    the rows (:func:`check_counters`), after any fix of the rows.
     """
     diffs: list[Difference] = []
     after = ""
     while ids := next_ids(session, after, page):
         diffs += _check_page(session, ids, fix=fix)
         after = ids[-1]
-    return diffs
+    return diffs + check_counters(session, fix=fix)
+
+
+def check_counters(session: Session, *, fix: bool = False) -> list[Difference]:
+    """Each user's unread counter against their unread, undeleted rows; ``fix`` sets the counter.
+
+    A difference names the user (``message_id`` is empty) with the problem ``count``.
+    """
+    counted = _unread_by_user(session)
+    kept = {uid: int(n) for uid, n in session.execute(select(MailboxUnreadRow.user_id, MailboxUnreadRow.unread))}
+    wrong = sorted(uid for uid in set(counted) | set(kept) if counted.get(uid, 0) != kept.get(uid, 0))
+    if fix:
+        _bump(session, {uid: counted.get(uid, 0) - kept.get(uid, 0) for uid in wrong})
+    return [Difference("", uid, "count") for uid in wrong]
 
 
 def _check_page(session: Session, ids: list[str], *, fix: bool) -> list[Difference]:
@@ -392,9 +473,7 @@ def _check_page(session: Session, ids: list[str], *, fix: bool) -> list[Differen
             diffs.append(Difference(*key, "differs"))
     if fix and diffs:
         for d in diffs:
-            session.execute(
-                delete(MailboxRow).where(MailboxRow.message_id == d.message_id, MailboxRow.user_id == d.user_id)
-            )
+            _delete(session, MailboxRow.message_id == d.message_id, MailboxRow.user_id == d.user_id)
         _insert(
             session,
             {(d.message_id, d.user_id): want[(d.message_id, d.user_id)] for d in diffs if d.problem != "unexpected"},

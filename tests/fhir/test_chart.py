@@ -22,9 +22,9 @@ from fhirserver.core.principal import Principal
 from fhirserver.core.repository import Repository, cursor_key
 from fhirserver.db import make_sessionmaker
 from fhirserver.migrate import alembic_config
-from fhirserver.models import ChartRow, IdxDate, ResourceRow
+from fhirserver.models import ChartRow, IdxDate, MailboxUnreadRow, ResourceRow
 from fhirserver.search.query import parse_search, run_search
-from fhirserver.webmail import chart
+from fhirserver.webmail import chart, mailbox, read_state
 from tests.factories import Practice, make_practice, message_json
 from tests.support import fresh_database, test_env
 
@@ -240,9 +240,15 @@ def test_a_changed_sent_is_a_difference(session, scenario) -> None:
     session.rollback()
 
 
-def test_the_migration_backfills_the_rows_the_write_rule_writes(session, ch_settings, scenario) -> None:
-    """Down to 0008 (the table goes) and up again: the backfill gives exactly the written rows."""
+def test_the_migrations_backfill_the_rows_the_write_rules_write(session, ch_settings, scenario) -> None:
+    """Down to 0008 (the chart and the unread counters go) and up again: the backfills give exactly
+    the rows and counts that the write rules wrote."""
+    a = scenario["a"]
+    read_state.mark_read(session, scenario["mine"][4], a.patient_user_id, a.patient_ref)  # a read row: not counted
+    session.commit()
     before = {(r.message_id, r.subject_ref, r.has_sent) for r in session.execute(select(ChartRow)).scalars()}
+    counters = dict(session.execute(select(MailboxUnreadRow.user_id, MailboxUnreadRow.unread)).all())
+    assert counters and any(counters.values())
     session.rollback()
     session.get_bind().dispose()
     cfg = alembic_config(ch_settings.database_url)
@@ -251,3 +257,5 @@ def test_the_migration_backfills_the_rows_the_write_rule_writes(session, ch_sett
     after = {(r.message_id, r.subject_ref, r.has_sent) for r in session.execute(select(ChartRow)).scalars()}
     assert after == before and before
     assert chart.check(session) == []
+    assert dict(session.execute(select(MailboxUnreadRow.user_id, MailboxUnreadRow.unread)).all()) == counters
+    assert mailbox.check_counters(session) == []

@@ -8,6 +8,7 @@ the whole table) sees only this scenario's rows.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -21,9 +22,9 @@ from fhirserver.core.principal import Principal, system_principal
 from fhirserver.core.repository import Repository, cursor_key
 from fhirserver.core.scopes import ScopeSet
 from fhirserver.db import make_sessionmaker
-from fhirserver.models import MailboxRow
+from fhirserver.models import MailboxRow, MailboxUnreadRow
 from fhirserver.search.query import parse_search, run_search
-from fhirserver.webmail import read_state
+from fhirserver.webmail import mailbox, read_state
 from smart_auth import accounts
 from tests.factories import PROVIDER_SCOPE, Practice, make_practice, message_json, practitioner_json
 from tests.support import fresh_database, test_env, uid
@@ -153,6 +154,47 @@ def test_unread_count_equals_the_count_from_the_resources(session, scenario) -> 
     for user_id, refs, expected in cases:
         assert read_state.unread_count(session, user_id, refs) == expected
         assert read_state.unread_count_from_resources(session, user_id, refs) == expected
+
+
+def test_unread_counters_equal_the_unread_rows_after_the_scenario(session, scenario) -> None:
+    """Sends, reads, an unread again, staff: each user's counter is their unread, undeleted rows."""
+    a, b, staff_id = scenario["a"], scenario["b"], scenario["staff_id"]
+    counters = dict(session.execute(select(MailboxUnreadRow.user_id, MailboxUnreadRow.unread)).all())
+    for user_id, expected in [(a.provider_user_id, 4), (staff_id, 4), (a.patient_user_id, 2), (b.provider_user_id, 1)]:
+        assert counters[user_id] == expected == mailbox.count_unread_rows(session, user_id)
+    assert counters.get(b.patient_user_id, 0) == 0
+    assert mailbox.check_counters(session) == []
+
+
+def test_a_read_twice_or_an_unread_of_an_unread_message_moves_no_counter(session, scenario) -> None:
+    a, msg = scenario["a"], scenario["to_pat"][2]
+
+    def unread() -> int:
+        return read_state.unread_count(session, a.patient_user_id, [a.patient_ref])
+
+    before = unread()
+    read_state.mark_unread(session, msg, a.patient_user_id)  # it is unread already
+    assert unread() == before
+    read_state.mark_read(session, msg, a.patient_user_id, a.patient_ref)
+    mailbox.set_read(session, msg, a.patient_user_id, datetime.now(UTC))  # read again, row already read
+    assert unread() == before - 1
+    read_state.mark_unread(session, msg, a.patient_user_id)
+    read_state.mark_unread(session, msg, a.patient_user_id)
+    assert unread() == before == mailbox.count_unread_rows(session, a.patient_user_id)
+    session.rollback()
+
+
+def test_mailbox_check_finds_a_wrong_counter_and_fix_sets_it(session, mb_env, scenario) -> None:
+    a = scenario["a"]
+    session.execute(update(MailboxUnreadRow).where(MailboxUnreadRow.user_id == a.provider_user_id).values(unread=99))
+    session.commit()
+    found = _check(mb_env)
+    assert found.exit_code == 1
+    assert f"count  user {a.provider_user_id}  (the unread counter differs from the rows)" in found.stdout
+    assert _check(mb_env, "--fix").exit_code == 0
+    assert _check(mb_env).exit_code == 0
+    session.expire_all()
+    assert read_state.unread_count(session, a.provider_user_id, [a.practitioner_ref]) == 4
 
 
 def test_unread_count_keeps_granular_scope_conditions(session, scenario) -> None:

@@ -49,7 +49,7 @@ from fhirserver.core.repository import Repository
 from fhirserver.core.scopes import ScopeSet
 from fhirserver.db import make_engine
 from fhirserver.search.indexing import extract
-from fhirserver.webmail import profile, read_state
+from fhirserver.webmail import mailbox, profile, read_state
 from smart_auth.resource_server import LiveGrant, grant_state
 from tests.support import BACKENDS, fresh_database
 
@@ -176,6 +176,12 @@ def _load(url: str) -> None:
         if cur.execute("SELECT to_regclass('mailbox')").fetchone() != (None,):
             mailbox_cols = ("message_id", "user_id", "recipient_ref", "sent", "read", "read_at", "deleted")
             tables.append(("mailbox", mailbox_cols, mailbox))
+        if cur.execute("SELECT to_regclass('mailbox_unread')").fetchone() != (None,):
+            unread: dict[str, int] = {}
+            for row in mailbox:
+                if not row[4] and not row[6]:
+                    unread[row[1]] = unread.get(row[1], 0) + 1
+            tables.append(("mailbox_unread", ("user_id", "unread"), list(unread.items())))
         if cur.execute("SELECT to_regclass('chart')").fetchone() != (None,):
             tables.append(("chart", ("message_id", "subject_ref", "has_sent", "sent"), chart))
         for table, cols, values in tables:
@@ -433,6 +439,16 @@ def test_plans_unread_count(scale: Scale) -> None:
         )
         assert read_state.unread_count(session, user, [ref]) > 0
 
+    assert_custom_plans(run_hot(scale, count), bounded=True)  # the counter: one row
+
+
+def test_plans_unread_count_of_the_rows(scale: Scale) -> None:
+    """The count of the rows themselves: what a granular grant reads, and what ``mailbox check`` compares."""
+
+    def count(session: Session, n: int) -> None:
+        user = "u-d1" if n % 2 else f"u-{patient_id(of_provider_1(n))}"
+        assert mailbox.count_unread_rows(session, user) > 0
+
     assert_custom_plans(run_hot(scale, count), bounded=False)
 
 
@@ -442,3 +458,14 @@ def test_plans_grant_state(scale: Scale) -> None:
         assert grant_state(session, f"g-{user}", user, "patient") == LiveGrant()
 
     assert_custom_plans(run_hot(scale, check), bounded=True)
+
+
+def test_plans_read_receipts_of_a_page(scale: Scale) -> None:
+    """Every Communication page carries its read state (readByMe, readByRecipient): a query per page
+    that must stay on the page's ids, not on every recipient row of every message."""
+
+    def receipts(session: Session, n: int) -> None:
+        page = [f"c{i:06d}" for i in range(n * 20, n * 20 + 20)]
+        assert read_state.read_receipts(session, "u-d1", page)
+
+    assert_custom_plans(run_hot(scale, receipts), bounded=True)
