@@ -42,13 +42,14 @@ from sqlalchemy import ColumnElement, and_, bindparam, exists, false, or_, selec
 from fhirserver.core import scope_filters
 from fhirserver.core.errors import FhirError, forbidden
 from fhirserver.core.principal import Principal
+from fhirserver.core.resource_types import Policy, descriptor, of_policy
 from fhirserver.models import BreakGlassGrant, IdxReference, ResourceRow
 
-PHI_TYPES = frozenset({"Patient", "Communication"})
-DIRECTORY_TYPES = frozenset({"Practitioner", "Organization"})
-AUDIT_TYPES = frozenset({"AuditEvent"})
-COMMUNICATION_PATIENT_PARAMS = ("subject", "sender", "recipient")
-COMMUNICATION_PARTY_PARAMS = ("sender", "recipient")
+# Each served type's policy comes from its descriptor (fhirserver.core.resource_types).
+PHI_TYPES = of_policy(Policy.COMPARTMENT)
+DIRECTORY_TYPES = of_policy(Policy.DIRECTORY)
+AUDIT_TYPES = of_policy(Policy.AUDIT)
+SYSTEM_ONLY_TYPES = of_policy(Policy.SYSTEM_ONLY)
 # Interactions on AuditEvent other than reading are never allowed through the API.
 READ_PERMS = frozenset({"r", "s"})
 
@@ -74,6 +75,8 @@ def check_interaction(p: Principal, res_type: str, perm: str) -> None:
         raise forbidden("Only auditors may read AuditEvents")
     if p.role == "auditor" and res_type not in AUDIT_TYPES:
         raise forbidden("Auditors may read AuditEvents only")
+    if res_type not in PHI_TYPES | DIRECTORY_TYPES | AUDIT_TYPES:  # system-only, or a type without a policy
+        raise forbidden(f"{res_type} is for system clients only")
     if p.role == "admin" and res_type in PHI_TYPES:
         raise forbidden("Administrators have no access to patient data")
     if res_type in DIRECTORY_TYPES and perm not in READ_PERMS and p.role != "admin":
@@ -159,9 +162,18 @@ def _glass_patients(p: Principal) -> Any:
     return list(p.break_glass) if p.break_glass is not None else break_glass_patients(p.user_id or "")
 
 
+def _compartment_refs(res_type: str) -> tuple[str, ...]:
+    """The reference parameters that place a ``res_type`` resource in a patient's compartment
+    (not for Patient itself, whose compartment is its own id)."""
+    return descriptor(res_type).compartment_params
+
+
 def _role_conditions(p: Principal, res_type: str, perm: str = "r") -> list[ColumnElement[bool]]:
-    if p.is_system or res_type in DIRECTORY_TYPES or res_type in AUDIT_TYPES:
+    policy = descriptor(res_type).policy
+    if p.is_system or policy in (Policy.DIRECTORY, Policy.AUDIT):
         return []
+    if policy is not Policy.COMPARTMENT:
+        return [false()]  # closed: check_interaction refuses users on other types already
     if p.role == "patient":
         pid = _patient_context(p)
         return _patient_compartment(res_type, pid) if pid else [false()]
@@ -177,15 +189,19 @@ def _role_conditions(p: Principal, res_type: str, perm: str = "r") -> list[Colum
         # _patients_of would build the list of all the provider's patients on every read.
         mine = _ref_exists("Patient", ("general-practitioner",), "Practitioner", pracs)
         return [or_(mine, ResourceRow.res_id.in_(_glass_patients(p)))] if glass else [mine]
-    if res_type == "Communication":
-        return [
-            or_(
-                _ref_exists("Communication", COMMUNICATION_PARTY_PARAMS, "Practitioner", pracs),
-                _ref_exists("Communication", ("subject",), "Patient", _patients_of(pracs)),
-                *([_ref_exists("Communication", ("subject",), "Patient", _glass_patients(p))] if glass else []),
-            )
-        ]
-    return [false()]
+    # Every other compartment type: the compartments of the provider's patients (and, with
+    # break-glass, of the patients it opens), plus what names the provider themselves.
+    refs = _compartment_refs(res_type)
+    if not refs:
+        return [false()]
+    own = descriptor(res_type).practitioner_params
+    return [
+        or_(
+            *([_ref_exists(res_type, own, "Practitioner", pracs)] if own else []),
+            _ref_exists(res_type, refs, "Patient", _patients_of(pracs)),
+            *([_ref_exists(res_type, refs, "Patient", _glass_patients(p))] if glass else []),
+        )
+    ]
 
 
 def audit_purpose(session: Any, p: Principal, patient_ref: str | None, res_type: str | None) -> str:
@@ -218,11 +234,15 @@ def audit_purpose(session: Any, p: Principal, patient_ref: str | None, res_type:
 
 
 def _patient_compartment(res_type: str, pid: str) -> list[ColumnElement[bool]]:
+    """The rows of ``res_type`` in Patient ``pid``'s compartment; none for a type outside it.
+
+    The Patient itself is its own compartment; R4 also places the Patients that
+    ``link`` to it there, which this server does not: a patient reads only their own record.
+    """
     if res_type == "Patient":
         return [ResourceRow.res_id == pid]
-    if res_type == "Communication":
-        return [_ref_exists("Communication", COMMUNICATION_PATIENT_PARAMS, "Patient", pid)]
-    return []
+    refs = _compartment_refs(res_type)
+    return [_ref_exists(res_type, refs, "Patient", pid)] if refs else [false()]
 
 
 def _compartment_confines(p: Principal, res_type: str) -> bool:
@@ -335,10 +355,11 @@ def _content_in_compartment(res_type: str, res_id: str, data: dict[str, Any], pi
         return False
     if res_type == "Patient":
         return res_id == pid
-    if res_type == "Communication":
-        refs = set(_refs(data, "sender")) | set(_refs(data, "recipient")) | set(_refs(data, "subject"))
-        return f"Patient/{pid}" in refs
-    return False
+    from fhirserver.search.indexing import extract
+
+    refs = set(_compartment_refs(res_type))
+    rows = extract(res_type, data).of("reference")
+    return any(r["param"] in refs and (r["target_type"], r["target_id"]) == ("Patient", pid) for r in rows)
 
 
 def _scopes_admit_content(
@@ -388,7 +409,7 @@ def content_in_grant(
         in_care = bool(pracs & set(_refs(data, "generalPractitioner")))
         return in_care and (in_patient if patient_only else True)
     if res_type == "Communication":
-        parties = set(_refs(data, "sender")) | set(_refs(data, "recipient"))
+        parties = {r for param in descriptor(res_type).practitioner_params for r in _refs(data, param)}
         subject = set(_refs(data, "subject"))
         if patient_only:
             return pid is not None and f"Patient/{pid}" in (parties | subject)

@@ -18,7 +18,6 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from fhirserver.core.errors import FhirError
 
 NONCE_BYTES = 12
-ENCRYPTED_TYPES = frozenset({"Communication"})
 
 
 class KeyRing:

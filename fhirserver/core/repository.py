@@ -21,12 +21,12 @@ from sqlalchemy.orm.util import identity_key
 
 from fhirserver.config import Settings
 from fhirserver.core import access, audit_log
-from fhirserver.core.crypto import ENCRYPTED_TYPES, keyring_for
+from fhirserver.core.crypto import keyring_for
 from fhirserver.core.errors import FhirError, not_found
 from fhirserver.core.hooks import AFTER_WRITE, BEFORE_WRITE, WriteContext, WriteRule
 from fhirserver.core.instants import instant, now_utc
 from fhirserver.core.principal import Principal
-from fhirserver.core.resource_types import NON_DELETABLE, NON_UPDATABLE
+from fhirserver.core.resource_types import ENCRYPTED_TYPES, NON_DELETABLE, NON_UPDATABLE
 from fhirserver.core.stored import Stored
 from fhirserver.core.validation import check_id, check_type, parse_json, validate_resource
 from fhirserver.models import ResourceRow, ResourceVersionRow
