@@ -35,6 +35,7 @@ ACTIONS = {
     "search-system": "E",
     "create": "C",
     "update": "U",
+    "patch": "U",
     "delete": "D",
     "operation": "E",
 }

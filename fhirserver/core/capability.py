@@ -24,7 +24,7 @@ def _interactions(res_type: str) -> list[dict[str, str]]:
     else:
         codes = ["read", "vread", "history-instance", "create", "search-type"]
         if res_type not in NON_UPDATABLE:
-            codes.append("update")
+            codes += ["update", "patch"]
         if res_type not in NON_DELETABLE:
             codes.append("delete")
     return [{"code": c} for c in codes]

@@ -78,6 +78,12 @@ def update(call: Call) -> FhirResponse:
     return FhirResponse(201 if created else 200, stored.raw, _resource_headers(call, stored))
 
 
+def patch(call: Call) -> FhirResponse:
+    stored = call.repo.patch(call.params["type"], call.params["id"], call.request.body, call.request.header("if-match"))
+    _note_patient(call, stored)
+    return FhirResponse(200, stored.raw, _resource_headers(call, stored))
+
+
 def delete(call: Call) -> FhirResponse:
     call.repo.delete(call.params["type"], call.params["id"])
     if call.params["type"] == "Patient":

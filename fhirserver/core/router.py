@@ -61,13 +61,14 @@ ROUTES: list[tuple[str, str, str, Handler]] = [
     ("POST", ":type/$:op", "operation", interactions.type_operation),
     ("GET", ":type/:id", "read", interactions.read),
     ("PUT", ":type/:id", "update", interactions.update),
+    ("PATCH", ":type/:id", "patch", interactions.patch),
     ("DELETE", ":type/:id", "delete", interactions.delete),
     ("GET", ":type/:id/_history", "history-instance", interactions.history),
     ("GET", ":type/:id/_history/:vid", "vread", interactions.vread),
     ("GET", ":type/:id/$:op", "operation", interactions.instance_operation),
     ("POST", ":type/:id/$:op", "operation", interactions.instance_operation),
 ]
-WRITES = frozenset({"create", "update", "delete"})
+WRITES = frozenset({"create", "update", "patch", "delete"})
 # Interactions that only read: their audit records go through the batch writer, and the
 # response waits for its commit. Writes and operations (which may write) keep theirs in
 # their own transaction.

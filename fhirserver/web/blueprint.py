@@ -25,6 +25,7 @@ from werkzeug.routing import BaseConverter
 from fhirserver.core import audit
 from fhirserver.core.errors import FhirError
 from fhirserver.core.http import FhirRequest, FhirResponse
+from fhirserver.core.patch import PATCH_MEDIA_TYPE
 from fhirserver.core.ports import AllowedOrigins, TokenAuthority
 from fhirserver.core.router import dispatch, error_response, match
 from fhirserver.db import without_transaction
@@ -59,6 +60,11 @@ def _check_format() -> None:
     accept = request.headers.get("Accept", "")
     if accept and "xml" in accept and "json" not in accept and "*/*" not in accept:
         raise FhirError(406, "not-supported", "Only JSON is supported")
+    if request.method == "PATCH":
+        if (request.mimetype or "").lower() != PATCH_MEDIA_TYPE:
+            hint = f"Send a JSON Patch as {PATCH_MEDIA_TYPE} (FHIRPath Patch is not supported)"
+            raise FhirError(415, "not-supported", hint)
+        return
     if request.method in ("POST", "PUT") and not request.path.endswith("/_search") and request.content_length:
         ctype = (request.mimetype or "").lower()
         if ctype not in JSON_TYPES and not request.path.rsplit("/", 1)[-1].startswith("$"):

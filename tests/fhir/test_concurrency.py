@@ -94,3 +94,49 @@ def test_two_puts_creating_one_id_give_a_409_to_the_loser_never_a_500(settings):
         first.close()
         second.close()
         maker.kw["bind"].dispose()
+
+
+def _patient_for_patching(app, live_server, settings):
+    from tests.factories import patient_json
+
+    with app.app_context():
+        p = make_practice(db.session, settings)
+        db.session.remove()
+    auth = {"Authorization": "Bearer " + token_for(app, settings, p.provider_user_id, PROVIDER_SCOPE)}
+    base = live_server.url + "/fhir"
+    body = json.dumps(patient_json([p.practitioner_ref]))
+    created = requests.post(f"{base}/Patient", data=body, headers={**auth, "Content-Type": FHIR}, timeout=30)
+    assert created.status_code == 201
+    return base, auth, created.json()["id"]
+
+
+def test_eight_patches_with_the_same_if_match_one_wins_the_rest_get_412(app, live_server, settings):
+    base, auth, pid = _patient_for_patching(app, live_server, settings)
+    headers = {**auth, "Content-Type": "application/json-patch+json", "If-Match": 'W/"1"'}
+
+    def work(i: int) -> int:
+        ops = json.dumps([{"op": "add", "path": "/telecom/-", "value": {"system": "phone", "value": f"555-01{i:02d}"}}])
+        return requests.patch(f"{base}/Patient/{pid}", data=ops, headers=headers, timeout=30).status_code
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        statuses = sorted(pool.map(work, range(8)))
+    assert statuses == [200] + [412] * 7, statuses
+    final = requests.get(f"{base}/Patient/{pid}", headers=auth, timeout=30).json()
+    assert final["meta"]["versionId"] == "2"
+
+
+def test_eight_patches_without_if_match_all_apply_none_is_lost(app, live_server, settings):
+    """Each patch is applied to the version it locked: eight appends give eight more phone numbers."""
+    base, auth, pid = _patient_for_patching(app, live_server, settings)
+    before = len(requests.get(f"{base}/Patient/{pid}", headers=auth, timeout=30).json().get("telecom", []))
+    headers = {**auth, "Content-Type": "application/json-patch+json"}
+
+    def work(i: int) -> int:
+        ops = json.dumps([{"op": "add", "path": "/telecom/-", "value": {"system": "phone", "value": f"555-02{i:02d}"}}])
+        return requests.patch(f"{base}/Patient/{pid}", data=ops, headers=headers, timeout=30).status_code
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        statuses = list(pool.map(work, range(8)))
+    assert statuses == [200] * 8, statuses
+    final = requests.get(f"{base}/Patient/{pid}", headers=auth, timeout=30).json()
+    assert len(final["telecom"]) == before + 8 and final["meta"]["versionId"] == "9"
