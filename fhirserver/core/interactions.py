@@ -47,12 +47,45 @@ def _note_patient(call: Call, stored: Stored) -> None:
     call.patient_ref = patient_ref_of(stored.res_type, stored.res_id, data)
 
 
+def _etag_matches(header: str | None, stored: Stored) -> bool:
+    """``If-None-Match``: any of the listed tags (weak or strong) names the current version."""
+    if not header:
+        return False
+    tags = {t.strip().removeprefix("W/").strip('"') for t in header.split(",")}
+    return "*" in tags or str(stored.version_id) in tags
+
+
 def read(call: Call) -> FhirResponse:
     stored = call.repo.read(call.params["type"], call.params["id"])
     _note_patient(call, stored)
     headers = _resource_headers(call, stored)
     headers.pop("Location")
+    if _etag_matches(call.request.header("if-none-match"), stored):
+        return FhirResponse(304, b"", headers)  # the client's copy is current (audited as a read)
     return FhirResponse(200, stored.raw, headers)
+
+
+def prefer_return(call: Call) -> str:
+    """The ``return`` preference of ``Prefer`` (RFC 7240): minimal, representation (default) or
+    OperationOutcome; anything else is ignored, as a preference may be."""
+    for part in (call.request.header("prefer") or "").replace(",", ";").split(";"):
+        name, _, value = part.strip().partition("=")
+        if name.strip().lower() == "return" and value.strip().strip('"') in ("minimal", "OperationOutcome"):
+            return value.strip().strip('"')
+    return "representation"
+
+
+def _written(call: Call, status: int, stored: Stored, what: str) -> FhirResponse:
+    """The answer to a create, update or patch, shaped by ``Prefer: return=``."""
+    headers = _resource_headers(call, stored)
+    wanted = prefer_return(call)
+    if wanted == "minimal":
+        return FhirResponse(status, b"", headers)
+    if wanted == "OperationOutcome":
+        text = f"{what} {stored.res_type}/{stored.res_id}, version {stored.version_id}"
+        issue = {"severity": "information", "code": "informational", "diagnostics": text}
+        return FhirResponse.json(status, {"resourceType": "OperationOutcome", "issue": [issue]}, **headers)
+    return FhirResponse(status, stored.raw, headers)
 
 
 def vread(call: Call) -> FhirResponse:
@@ -67,7 +100,7 @@ def create(call: Call) -> FhirResponse:
     stored = call.repo.create(call.params["type"], call.request.body)
     call.res_id = stored.res_id
     _note_patient(call, stored)
-    return FhirResponse(201, stored.raw, _resource_headers(call, stored))
+    return _written(call, 201, stored, "Created")
 
 
 def update(call: Call) -> FhirResponse:
@@ -75,13 +108,13 @@ def update(call: Call) -> FhirResponse:
         call.params["type"], call.params["id"], call.request.body, call.request.header("if-match")
     )
     _note_patient(call, stored)
-    return FhirResponse(201 if created else 200, stored.raw, _resource_headers(call, stored))
+    return _written(call, 201 if created else 200, stored, "Created" if created else "Updated")
 
 
 def patch(call: Call) -> FhirResponse:
     stored = call.repo.patch(call.params["type"], call.params["id"], call.request.body, call.request.header("if-match"))
     _note_patient(call, stored)
-    return FhirResponse(200, stored.raw, _resource_headers(call, stored))
+    return _written(call, 200, stored, "Patched")
 
 
 def delete(call: Call) -> FhirResponse:

@@ -13,12 +13,15 @@ detail could say anything about the request.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import uuid
+from typing import TYPE_CHECKING
 from urllib.parse import unquote_to_bytes
 
 from flask import Blueprint, Flask, Response, current_app, request
+from werkzeug.datastructures import Headers
 from werkzeug.exceptions import HTTPException, InternalServerError, RequestEntityTooLarge
 from werkzeug.routing import BaseConverter
 
@@ -33,13 +36,41 @@ from fhirserver.extensions import db
 from fhirserver.web.bearer import principal_from_header
 from fhirserver.web.cors import install_cors
 
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIEnvironment
+
 log = logging.getLogger(__name__)
 REQUEST_ID = re.compile(r"^[A-Za-z0-9\-_.]{1,64}$")
 JSON_TYPES = {"application/fhir+json", "application/json", "application/json+fhir"}
 
 
+class FhirHttpResponse(Response):
+    """A Flask response that keeps ``Last-Modified`` on a 304.
+
+    Werkzeug drops every entity header from a 304; RFC 7232 (4.1) allows ``Last-Modified``
+    there for cache validation, and FHIR clients that revalidate by date read it.
+    """
+
+    def get_wsgi_headers(self, environ: WSGIEnvironment) -> Headers:
+        headers = super().get_wsgi_headers(environ)
+        if self.status_code == 304 and "Last-Modified" in self.headers:
+            headers["Last-Modified"] = self.headers["Last-Modified"]
+        return headers
+
+
+def _pretty(body: bytes) -> bytes:
+    """``_pretty=true``: the same JSON, indented (stored bytes are compact)."""
+    try:
+        return json.dumps(json.loads(body), indent=2, ensure_ascii=False).encode()
+    except ValueError:
+        return body
+
+
 def _to_flask(resp: FhirResponse, request_id: str) -> Response:
-    out = Response(resp.body, status=resp.status, content_type=resp.content_type if resp.body else None)
+    body = resp.body
+    if body and request.args.get("_pretty") == "true" and "json" in resp.content_type:
+        body = _pretty(body)
+    out = FhirHttpResponse(body, status=resp.status, content_type=resp.content_type if body else None)
     for k, v in resp.headers.items():
         out.headers[k] = v
     out.headers["X-Request-Id"] = request_id
