@@ -97,10 +97,14 @@ def vread(call: Call) -> FhirResponse:
 
 
 def create(call: Call) -> FhirResponse:
-    stored = call.repo.create(call.params["type"], call.request.body)
+    criteria = call.request.header("if-none-exist")
+    if criteria is not None:  # conditional create: 200 with the one match, 412 with several
+        stored, created = call.repo.conditional_create(call.params["type"], call.request.body, criteria)
+    else:
+        stored, created = call.repo.create(call.params["type"], call.request.body), True
     call.res_id = stored.res_id
     _note_patient(call, stored)
-    return _written(call, 201, stored, "Created")
+    return _written(call, 201 if created else 200, stored, "Created" if created else "Found")
 
 
 def update(call: Call) -> FhirResponse:

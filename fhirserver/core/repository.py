@@ -301,6 +301,27 @@ class Repository:
         self._run(AFTER_WRITE, ctx)
         return ctx.stored
 
+    def conditional_create(
+        self, res_type: str, body: bytes | str | dict[str, Any], criteria: str
+    ) -> tuple[Stored, bool]:
+        """Create unless ``criteria`` (``If-None-Exist``) match: (the resource, created?).
+
+        No match inside the grant: the create. One: that resource, unchanged. Several: 412.
+        The caller's own search decides, so matches outside the grant do not exist here.
+        """
+        from fhirserver.core import conditional
+
+        check_type(res_type)
+        access.check_interaction(self.principal, res_type, "c")
+        pairs = conditional.parse_criteria(criteria)
+        conditional.lock_criteria(self.session, res_type, pairs)
+        page = self.search(res_type, [*pairs, ("_count", "2")])
+        if len(page.rows) > 1:
+            raise FhirError(412, "duplicate", "If-None-Exist matches more than one resource")
+        if page.rows:
+            return self.to_stored(page.rows[0]), False
+        return self.create(res_type, body), True
+
     def update(
         self, res_type: str, res_id: str, body: bytes | str | dict[str, Any], if_match: str | None = None
     ) -> tuple[Stored, bool]:
