@@ -36,6 +36,8 @@ ACTIONS = {
     "create": "C",
     "update": "U",
     "patch": "U",
+    "conditional-update": "U",
+    "conditional-delete": "D",
     "delete": "D",
     "operation": "E",
 }

@@ -69,9 +69,11 @@ def capability_statement(settings: Settings) -> dict[str, Any]:
             # Update-as-create (a client-chosen id) works for system principals (backend
             # services with system/ scopes) only: a user's PUT of an unknown id is 404.
             "updateCreate": True,
-            "conditionalCreate": False,
-            "conditionalUpdate": False,
-            "conditionalDelete": "not-supported",
+            # Conditional interactions match with the caller's own search (search permission
+            # on the type is needed too), strictly, inside the grant; several matches are 412.
+            "conditionalCreate": rtype != "AuditEvent",
+            "conditionalUpdate": rtype not in NON_UPDATABLE and rtype != "AuditEvent",
+            "conditionalDelete": "single" if rtype not in NON_DELETABLE and rtype != "AuditEvent" else "not-supported",
             "searchParam": _search_params(rtype),
         }
         ops = _operations(rtype)

@@ -1,5 +1,6 @@
-"""Conditional interactions: the criteria of ``If-None-Exist`` (and later of conditional update
-and delete), parsed strictly, matched inside the caller's grant, and serialized per criteria.
+"""Conditional interactions: the criteria of ``If-None-Exist``, of a conditional update
+(``PUT [type]?criteria``) and of a conditional delete (``DELETE [type]?criteria``), parsed
+strictly, matched inside the caller's grant, and serialized per criteria.
 
 Criteria are a search's query string without the ``?``. They are always strict: an unknown
 or malformed parameter is a 400 (a typo must not make a condition match nothing, or
@@ -25,6 +26,9 @@ NOT_IN_CRITERIA = frozenset(
 )
 
 
+FORMAT_PARAMS = frozenset({"_format", "_pretty"})  # of the HTTP answer, not of the criteria
+
+
 def parse_criteria(header: str, what: str = "If-None-Exist") -> list[tuple[str, str]]:
     """The criteria as (name, value) pairs, in order; 400 when they are empty or malformed."""
     raw = header.strip().removeprefix("?")
@@ -32,6 +36,12 @@ def parse_criteria(header: str, what: str = "If-None-Exist") -> list[tuple[str, 
         pairs = parse_qsl(raw, keep_blank_values=True, strict_parsing=True, errors="strict")
     except (ValueError, UnicodeDecodeError) as exc:
         raise FhirError(400, "invalid", f"{what} is not a query string (name=value&...)") from exc
+    return check_criteria(pairs, what)
+
+
+def check_criteria(pairs: list[tuple[str, str]], what: str) -> list[tuple[str, str]]:
+    """Criteria from a query string already split (conditional update and delete): the same rules."""
+    pairs = [(n, v) for n, v in pairs if n not in FORMAT_PARAMS]
     if not pairs:
         raise FhirError(400, "invalid", f"{what} names no search parameter")
     for name, _ in pairs:

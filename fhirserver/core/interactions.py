@@ -121,6 +121,23 @@ def patch(call: Call) -> FhirResponse:
     return _written(call, 200, stored, "Patched")
 
 
+def conditional_update(call: Call) -> FhirResponse:
+    res_type = call.params["type"]
+    stored, created = call.repo.conditional_update(
+        res_type, call.request.query, call.request.body, call.request.header("if-match")
+    )
+    call.res_id = stored.res_id
+    _note_patient(call, stored)
+    return _written(call, 201 if created else 200, stored, "Created" if created else "Updated")
+
+
+def conditional_delete(call: Call) -> FhirResponse:
+    deleted = call.repo.conditional_delete(call.params["type"], call.request.query)
+    if deleted is not None and call.params["type"] == "Patient":
+        call.patient_ref = f"Patient/{deleted}"
+    return FhirResponse(204)
+
+
 def delete(call: Call) -> FhirResponse:
     call.repo.delete(call.params["type"], call.params["id"])
     if call.params["type"] == "Patient":

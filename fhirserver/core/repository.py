@@ -314,13 +314,62 @@ class Repository:
         check_type(res_type)
         access.check_interaction(self.principal, res_type, "c")
         pairs = conditional.parse_criteria(criteria)
-        conditional.lock_criteria(self.session, res_type, pairs)
-        page = self.search(res_type, [*pairs, ("_count", "2")])
-        if len(page.rows) > 1:
-            raise FhirError(412, "duplicate", "If-None-Exist matches more than one resource")
-        if page.rows:
-            return self.to_stored(page.rows[0]), False
+        matches = self._conditional_matches(res_type, pairs, "If-None-Exist")
+        if matches:
+            return self.to_stored(matches[0]), False
         return self.create(res_type, body), True
+
+    def _conditional_matches(self, res_type: str, pairs: list[tuple[str, str]], what: str) -> list[Any]:
+        """At most two matches of the criteria inside the grant (two are enough to refuse), after
+        the criteria's lock."""
+        from fhirserver.core import conditional
+
+        conditional.lock_criteria(self.session, res_type, pairs)
+        rows = self.search(res_type, [*pairs, ("_count", "2")]).rows
+        if len(rows) > 1:
+            raise FhirError(412, "duplicate", f"The {what} criteria match more than one resource")
+        return list(rows)
+
+    def conditional_update(
+        self, res_type: str, query: list[tuple[str, str]], body: bytes | str | dict[str, Any], if_match: str | None
+    ) -> tuple[Stored, bool]:
+        """``PUT [type]?criteria``: update the one match, or create when there is none.
+
+        With a match, an ``id`` in the body must be the match's (400 otherwise). Without one,
+        a body with an ``id`` is an update-as-create of that id (system principals only, as
+        for a plain PUT) and a body without one a create.
+        """
+        from fhirserver.core import conditional
+
+        check_type(res_type)
+        access.check_interaction(self.principal, res_type, "u")
+        pairs = conditional.check_criteria(query, "conditional update")
+        data = parse_json(body)
+        matches = self._conditional_matches(res_type, pairs, "conditional update")
+        given = data.get("id")
+        if matches:
+            found = matches[0].res_id
+            if given is not None and given != found:
+                raise FhirError(400, "invalid", "The id in the body is not the id of the resource matched", ["id"])
+            return self.update(res_type, found, {**data, "id": found}, if_match)
+        if given is not None:
+            return self.update(res_type, str(given), data, if_match)
+        return self.create(res_type, data), True
+
+    def conditional_delete(self, res_type: str, query: list[tuple[str, str]]) -> str | None:
+        """``DELETE [type]?criteria``: delete the one match (its id), nothing when none matches."""
+        from fhirserver.core import conditional
+
+        check_type(res_type)
+        access.check_interaction(self.principal, res_type, "d")
+        if res_type in NON_DELETABLE:
+            raise FhirError(405, "not-supported", NON_DELETABLE[res_type])
+        pairs = conditional.check_criteria(query, "conditional delete")
+        matches = self._conditional_matches(res_type, pairs, "conditional delete")
+        if not matches:
+            return None
+        self.delete(res_type, matches[0].res_id)
+        return str(matches[0].res_id)
 
     def update(
         self, res_type: str, res_id: str, body: bytes | str | dict[str, Any], if_match: str | None = None

@@ -57,6 +57,8 @@ ROUTES: list[tuple[str, str, str, Handler]] = [
     ("GET", ":type", "search-type", interactions.search),
     ("POST", ":type/_search", "search-type", interactions.search),
     ("POST", ":type", "create", interactions.create),
+    ("PUT", ":type", "conditional-update", interactions.conditional_update),
+    ("DELETE", ":type", "conditional-delete", interactions.conditional_delete),
     ("GET", ":type/$:op", "operation", interactions.type_operation),
     ("POST", ":type/$:op", "operation", interactions.type_operation),
     ("GET", ":type/:id", "read", interactions.read),
@@ -68,7 +70,7 @@ ROUTES: list[tuple[str, str, str, Handler]] = [
     ("GET", ":type/:id/$:op", "operation", interactions.instance_operation),
     ("POST", ":type/:id/$:op", "operation", interactions.instance_operation),
 ]
-WRITES = frozenset({"create", "update", "patch", "delete"})
+WRITES = frozenset({"create", "update", "patch", "delete", "conditional-update", "conditional-delete"})
 # Interactions that only read: their audit records go through the batch writer, and the
 # response waits for its commit. Writes and operations (which may write) keep theirs in
 # their own transaction.
