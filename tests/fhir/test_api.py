@@ -9,29 +9,10 @@ from sqlalchemy import select
 
 from fhirserver.extensions import db
 from fhirserver.models import AuditLogRow, ResourceRow
-from tests.factories import PATIENT_SCOPE, PROVIDER_SCOPE, make_practice, message_json, patient_json, token_for
+from tests.factories import PROVIDER_SCOPE, make_practice, message_json, patient_json, token_for
 from tests.support import uid
 
 FHIR = "application/fhir+json"
-
-
-@pytest.fixture()
-def practice(app, settings):
-    with app.app_context():
-        p = make_practice(db.session, settings)
-        db.session.remove()
-    return p
-
-
-@pytest.fixture()
-def provider_headers(app, settings, practice):
-    return {"Authorization": "Bearer " + token_for(app, settings, practice.provider_user_id, PROVIDER_SCOPE)}
-
-
-@pytest.fixture()
-def patient_headers(app, settings, practice):
-    tok = token_for(app, settings, practice.patient_user_id, PATIENT_SCOPE, patient=practice.patient_id)
-    return {"Authorization": "Bearer " + tok}
 
 
 def outcome(resp) -> dict:

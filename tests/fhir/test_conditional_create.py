@@ -21,19 +21,6 @@ from tests.fhir.test_api import FHIR, outcome
 MRN = "http://hospital.example/mrn"
 
 
-@pytest.fixture()
-def practice(app, settings):
-    with app.app_context():
-        p = make_practice(db.session, settings)
-        db.session.remove()
-    return p
-
-
-@pytest.fixture()
-def auth(app, settings, practice) -> dict[str, str]:
-    return {"Authorization": "Bearer " + token_for(app, settings, practice.provider_user_id, PROVIDER_SCOPE)}
-
-
 def _body(practice: Any, mrn: str) -> str:
     return json.dumps(patient_json([practice.practitioner_ref], identifier=[{"system": MRN, "value": mrn}]))
 
@@ -165,13 +152,18 @@ def test_conditional_update_with_several_matches_or_bad_criteria_changes_nothing
     assert _count(app, mrn) == 2
 
 
-def test_conditional_update_of_a_user_never_reaches_outside_the_grant(app, client, settings, auth, practice) -> None:
+def _theirs(app: Any, client: Any, settings: Any, mrn: str) -> tuple[dict[str, str], str]:
+    """Another practice's provider headers and a patient of theirs with identifier ``mrn``."""
     with app.app_context():
         other = make_practice(db.session, settings)
         db.session.remove()
     theirs = {"Authorization": "Bearer " + token_for(app, settings, other.provider_user_id, PROVIDER_SCOPE)}
+    return theirs, _post(client, theirs, _body(other, mrn), None).get_json(force=True)["id"]
+
+
+def test_conditional_update_of_a_user_never_reaches_outside_the_grant(app, client, settings, auth, practice) -> None:
     mrn = uuid.uuid4().hex
-    their_id = _post(client, theirs, _body(other, mrn), None).get_json(force=True)["id"]
+    theirs, their_id = _theirs(app, client, settings, mrn)
     body = json.loads(_body(practice, mrn))
     mine = _put(client, auth, f"identifier={MRN}|{mrn}", body)  # their record is no match: a create
     assert mine.status_code == 201 and mine.get_json(force=True)["id"] != their_id
@@ -180,12 +172,8 @@ def test_conditional_update_of_a_user_never_reaches_outside_the_grant(app, clien
 
 
 def test_conditional_delete_deletes_the_one_match_only(app, client, settings, auth, practice) -> None:
-    with app.app_context():
-        other = make_practice(db.session, settings)
-        db.session.remove()
-    theirs = {"Authorization": "Bearer " + token_for(app, settings, other.provider_user_id, PROVIDER_SCOPE)}
     mrn = uuid.uuid4().hex
-    their_id = _post(client, theirs, _body(other, mrn), None).get_json(force=True)["id"]
+    theirs, their_id = _theirs(app, client, settings, mrn)
     pid = _post(client, auth, _body(practice, mrn), None).get_json(force=True)["id"]
     assert client.delete(f"/fhir/Patient?identifier={MRN}|{mrn}", headers=auth).status_code == 204
     assert client.get(f"/fhir/Patient/{pid}", headers=auth).status_code == 410

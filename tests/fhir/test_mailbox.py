@@ -23,10 +23,11 @@ from fhirserver.core.repository import Repository, cursor_key
 from fhirserver.core.scopes import ScopeSet
 from fhirserver.db import make_sessionmaker
 from fhirserver.models import MailboxRow, MailboxUnreadRow
-from fhirserver.search.query import parse_search, run_search
+from fhirserver.search.query import parse_search
 from fhirserver.webmail import mailbox, read_state
 from smart_auth import accounts
 from tests.factories import PROVIDER_SCOPE, Practice, make_practice, message_json, practitioner_json
+from tests.fhir.search_pages import all_pages
 from tests.support import fresh_database, test_env, uid
 
 CATEGORY_TOKEN = "http://fhir-webmail.example/CodeSystem/communication-category|webmail"
@@ -86,24 +87,6 @@ def _send(session: Any, settings: Settings, who: Principal, sender: str, recipie
 def _mine(session: Any, user_id: str) -> dict[str, tuple[bool, bool]]:
     rows = session.execute(select(MailboxRow).where(MailboxRow.user_id == user_id)).scalars()
     return {r.message_id: (r.read, r.deleted) for r in rows}
-
-
-def _pages(session: Any, settings: Settings, who: Principal, params: list[tuple[str, str]], *, generic: bool) -> list:
-    """Every page's ids, following next cursors, on the repository (planned) or the generic search."""
-    pages: list[list[str]] = []
-    current = params
-    while True:
-        if generic:
-            req = parse_search(
-                "Communication", current, cursor_key=cursor_key(settings), server_base=settings.fhir_base
-            )
-            page = run_search(session, req, access.row_conditions(who, "Communication", "s"))
-        else:
-            page = Repository(session, settings, who).search("Communication", current)
-        pages.append([r.res_id for r in page.rows])
-        if not page.next_cursor:
-            return pages
-        current = [("_cursor", page.next_cursor)]
 
 
 @pytest.fixture(scope="module")
@@ -233,8 +216,8 @@ def test_inbox_page_from_the_mailbox_is_the_generic_bundle(session, mb_settings,
         (_staff_principal(accounts.get_user(session, staff_id), a.practitioner_ref), a.practitioner_ref, 5),
     ]:
         params = [("recipient", me), *extra]
-        planned = _pages(session, mb_settings, who, params, generic=False)
-        generic = _pages(session, mb_settings, who, params, generic=True)
+        planned = all_pages(session, mb_settings, who, params, generic=False)
+        generic = all_pages(session, mb_settings, who, params, generic=True)
         assert planned == generic
         if ("_count", "0") not in extra:
             assert sorted(i for p in planned for i in p) == sorted(scenario["to_a"] if n == 5 else scenario["to_pat"])

@@ -10,7 +10,7 @@ from sqlalchemy import text
 from fhirserver.extensions import db
 from fhirserver.logging_setup import StripQueryStrings
 from tests.factories import message_json
-from tests.fhir.test_api import FHIR, patient_headers, practice, provider_headers  # noqa: F401
+from tests.fhir.test_api import FHIR
 from tests.support import uid
 
 
@@ -27,7 +27,7 @@ def _all_bytes(session) -> bytes:
     return b"\n".join(out)
 
 
-def test_body_sentinel_absent_from_database_and_logs(app, client, practice, patient_headers, provider_headers, caplog):  # noqa: F811
+def test_body_sentinel_absent_from_database_and_logs(app, client, practice, patient_headers, provider_headers, caplog):
     sentinel = f"ZZPHI{uid()}"
     caplog.set_level(logging.DEBUG)
     msg = message_json(

@@ -10,23 +10,10 @@ import pytest
 
 from fhirserver.extensions import db
 from fhirserver.models import ResourceRow
-from tests.factories import PROVIDER_SCOPE, make_practice, message_json, patient_json, token_for
+from tests.factories import make_practice, message_json, patient_json
 from tests.fhir.test_api import FHIR, outcome
 
 PATCH = "application/json-patch+json"
-
-
-@pytest.fixture()
-def practice(app, settings):
-    with app.app_context():
-        p = make_practice(db.session, settings)
-        db.session.remove()
-    return p
-
-
-@pytest.fixture()
-def auth(app, settings, practice) -> dict[str, str]:
-    return {"Authorization": "Bearer " + token_for(app, settings, practice.provider_user_id, PROVIDER_SCOPE)}
 
 
 @pytest.fixture()

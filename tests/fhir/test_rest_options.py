@@ -9,21 +9,8 @@ from typing import Any
 import pytest
 
 from fhirserver.extensions import db
-from tests.factories import PROVIDER_SCOPE, make_practice, patient_json, token_for
+from tests.factories import make_practice, patient_json
 from tests.fhir.test_api import FHIR
-
-
-@pytest.fixture()
-def practice(app, settings):
-    with app.app_context():
-        p = make_practice(db.session, settings)
-        db.session.remove()
-    return p
-
-
-@pytest.fixture()
-def auth(app, settings, practice) -> dict[str, str]:
-    return {"Authorization": "Bearer " + token_for(app, settings, practice.provider_user_id, PROVIDER_SCOPE)}
 
 
 def _create(client: Any, auth: dict[str, str], practice: Any, **headers: str) -> Any:
