@@ -7,6 +7,7 @@ not indexed, or a type whose policy access does not know, must fail here, never 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from types import MappingProxyType
 
@@ -20,7 +21,14 @@ from fhirserver.core.resource_types import TYPES, Policy, ResourceType, patient_
 from fhirserver.core.scopes import ScopeSet
 from fhirserver.search.params import REGISTRY
 
-SPEC = Path(__file__).resolve().parents[3] / "shared" / "reference" / "fhir-r4"
+# The specification's definition files: beside the checkout (../shared), where a clone elsewhere
+# (CI) finds them in the workplace, or where FHIR_R4_DEFINITIONS says.
+_CANDIDATES = [
+    os.environ.get("FHIR_R4_DEFINITIONS", ""),
+    str(Path(__file__).resolve().parents[3] / "shared" / "reference" / "fhir-r4"),
+    "/work/shared/reference/fhir-r4",
+]
+SPEC = next((Path(c) for c in _CANDIDATES if c and Path(c).is_dir()), Path(_CANDIDATES[1]))
 
 
 def _patient(pid: str = "p1") -> Principal:
