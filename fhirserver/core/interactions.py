@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
@@ -15,7 +16,7 @@ from fhirserver.core import access
 from fhirserver.core.errors import FhirError, not_found
 from fhirserver.core.hooks import ENTRY_DECORATORS, OPERATIONS
 from fhirserver.core.http import FhirResponse
-from fhirserver.core.instants import instant
+from fhirserver.core.instants import instant, parse_instant
 from fhirserver.core.stored import Stored
 from fhirserver.core.validation import ID_RE
 
@@ -149,9 +150,17 @@ def _entries(parts: Iterable[bytes]) -> bytes:
     return b"[" + b",".join(parts) + b"]"
 
 
+def _since(call: Call) -> datetime | None:
+    """``_since`` of a history request (at most once), as an instant."""
+    values = [v for n, v in call.request.query if n == "_since"]
+    if len(values) > 1:
+        raise FhirError(400, "invalid", "_since may be given once", ["_since"])
+    return parse_instant(values[0], "_since") if values else None
+
+
 def history(call: Call) -> FhirResponse:
     rtype, rid = call.params["type"], call.params["id"]
-    versions = call.repo.history(rtype, rid)
+    versions = call.repo.history(rtype, rid, _since(call))
     call.patient_ref = patient_ref_of(rtype, rid, next((v.json() for v in versions if v.raw), None))
     base = call.request.base_url
     parts = []

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
@@ -201,14 +202,16 @@ class Repository:
             raise FhirError(410, "deleted", f"Version {version_id} of {res_type}/{res_id} is a deletion")
         return self.to_stored(row)
 
-    def history(self, res_type: str, res_id: str) -> list[Stored]:
+    def history(self, res_type: str, res_id: str, since: datetime | None = None) -> list[Stored]:
+        """The versions of one resource, newest first; ``since``: only those written at or after it."""
         if res_type in access.AUDIT_TYPES:
             return [self._audit_event(res_id)]  # append-only: one version
         self._visible_row(res_type, res_id, "r")
+        conds = [ResourceVersionRow.res_type == res_type, ResourceVersionRow.res_id == res_id]
+        if since is not None:
+            conds.append(ResourceVersionRow.last_updated >= since)
         rows = self.session.execute(
-            select(ResourceVersionRow)
-            .where(ResourceVersionRow.res_type == res_type, ResourceVersionRow.res_id == res_id)
-            .order_by(ResourceVersionRow.version_id.desc())
+            select(ResourceVersionRow).where(*conds).order_by(ResourceVersionRow.version_id.desc())
         ).scalars()
         return [self.to_stored(r) for r in rows]
 

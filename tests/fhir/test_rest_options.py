@@ -79,3 +79,37 @@ def test_pretty_indents_resources_bundles_and_errors(client, auth, practice) -> 
     same = client.get(f"/fhir/Patient/{pid}?_pretty=true", headers=auth).get_json(force=True)
     assert same == json.loads(compact)
     assert "\n" not in client.get(f"/fhir/Patient/{pid}?_pretty=false", headers=auth).get_data(as_text=True)
+
+
+def test_history_since_keeps_the_versions_written_at_or_after_it(client, auth, practice) -> None:
+    import time
+    from datetime import UTC, datetime
+
+    pid = _create(client, auth, practice).get_json(force=True)["id"]
+    time.sleep(0.01)
+    cut = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    time.sleep(0.01)
+    data = client.get(f"/fhir/Patient/{pid}", headers=auth).get_json(force=True)
+    data["birthDate"] = "1970-01-01"
+    assert (
+        client.put(f"/fhir/Patient/{pid}", data=json.dumps(data), headers={**auth, "Content-Type": FHIR}).status_code
+        == 200
+    )
+
+    def versions(query: str) -> list[str]:
+        resp = client.get(f"/fhir/Patient/{pid}/_history{query}", headers=auth)
+        assert resp.status_code == 200, resp.get_data(as_text=True)
+        return [e["resource"]["meta"]["versionId"] for e in resp.get_json(force=True)["entry"]]
+
+    assert versions("") == ["2", "1"]
+    assert versions(f"?_since={cut}") == ["2"]
+    assert versions("?_since=2000-01-01T00:00:00%2B02:00") == ["2", "1"]
+    assert versions("?_since=2999-01-01T00:00:00.123456789Z") == []
+
+
+@pytest.mark.parametrize("since", ["yesterday", "2026-01-01", "2026-01-01T10:00:00", "2026-02-30T10:00:00Z"])
+def test_history_since_that_is_not_an_instant_is_400(client, auth, practice, since) -> None:
+    pid = _create(client, auth, practice).get_json(force=True)["id"]
+    resp = client.get(f"/fhir/Patient/{pid}/_history", query_string={"_since": since}, headers=auth)
+    assert resp.status_code == 400
+    assert "_since" in json.dumps(resp.get_json(force=True))
