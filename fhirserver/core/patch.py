@@ -59,14 +59,29 @@ def _reason(exc: BaseException) -> str:
     return f"missing member {text}" if isinstance(exc, KeyError) else text[:200]
 
 
+def _where(patch: jsonpatch.JsonPatch, resource: dict[str, Any]) -> str:
+    """Which operation failed (its number and the client's own path), found by applying them in turn."""
+    doc: Any = resource
+    for n, op in enumerate(patch.patch):
+        try:
+            doc = jsonpatch.JsonPatch([op]).apply(doc, in_place=False)
+        except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException, TypeError, ValueError):
+            return f" (operation {n + 1}, {op['op']} at {str(op['path'])[:200]})"
+    return ""
+
+
 def apply(resource: dict[str, Any], patch: jsonpatch.JsonPatch) -> dict[str, Any]:
     """The patched copy of ``resource``; 422 when the patch does not apply or changes identity."""
+    # The library's messages quote the stored values they compared or looked in ("Rivera is
+    # not equal to tested value ..."): those are PHI, so the answer names the operation only.
     try:
         result = patch.apply(resource, in_place=False)
     except jsonpatch.JsonPatchTestFailed as exc:
-        raise FhirError(422, "processing", f"A 'test' operation failed: {_reason(exc)}") from exc
+        raise FhirError(422, "processing", f"A 'test' operation failed{_where(patch, resource)}") from exc
     except (jsonpatch.JsonPatchConflict, jsonpointer.JsonPointerException, TypeError, ValueError) as exc:
-        raise FhirError(422, "processing", f"The patch does not apply to this resource: {_reason(exc)}") from exc
+        raise FhirError(
+            422, "processing", f"The patch does not apply to this resource{_where(patch, resource)}"
+        ) from exc
     if not isinstance(result, dict):
         raise FhirError(422, "processing", "The patch must leave a resource (a JSON object)")
     for key in ("resourceType", "id"):

@@ -493,3 +493,20 @@ def test_authorization_matrix(world: World) -> None:
     ]
     allows = [w for w in wrong if " got 2" in w and "200-" not in w.split("got ")[1]]
     assert not wrong, f"{len(allows)} unexpected allow(s), {len(wrong)} cell(s) differ:\n" + "\n".join(wrong)
+
+
+def test_a_patch_is_decided_exactly_like_the_update_column(world: World) -> None:
+    """PATCH takes the update path: for every role and kind, a patch that leaves the content as it
+    is (a ``test`` of the id) answers what the matrix's update cell says."""
+    client = world.app.test_client()
+    wrong = []
+    for role in ROLES:
+        for kind in KINDS:
+            rtype, rid = kind.split(":")[0], world.ids[kind]
+            ops = [{"op": "test", "path": "/id", "value": rid}]
+            headers = _headers(world, role, **{"Content-Type": "application/json-patch+json"})
+            resp = client.patch(f"/fhir/{rtype}/{rid}", json=ops, headers=headers)
+            _outcome(resp)
+            if str(resp.status_code) != EXPECTED[role][kind]["update"]:
+                wrong.append(f"{role} {kind}: update {EXPECTED[role][kind]['update']}, patch {resp.status_code}")
+    assert not wrong, "\n".join(wrong)

@@ -91,6 +91,31 @@ def test_bad_patches_get_an_operation_outcome_and_write_nothing(app, client, aut
     assert _version(app, pid) == 1
 
 
+def test_a_failed_patch_names_the_operation_never_the_stored_values(client, auth, pid) -> None:
+    """The stored family name is PHI: a failed ``test`` or a missing path must not quote the record."""
+    for ops in (
+        [{"op": "add", "path": "/gender", "value": "male"}, {"op": "test", "path": "/name/0/family", "value": "X"}],
+        [{"op": "remove", "path": "/name/0/nickname"}],
+    ):
+        resp = _patch(client, auth, f"/fhir/Patient/{pid}", ops)
+        assert resp.status_code == 422
+        text = json.dumps(outcome(resp))
+        assert "Before" not in text and "Lena" not in text and "operation" in text
+    assert "operation 2, test at /name/0/family" in json.dumps(
+        outcome(
+            _patch(
+                client,
+                auth,
+                f"/fhir/Patient/{pid}",
+                [
+                    {"op": "add", "path": "/gender", "value": "male"},
+                    {"op": "test", "path": "/name/0/family", "value": "X"},
+                ],
+            )
+        )
+    )
+
+
 def test_a_patch_must_be_sent_as_json_patch(client, auth, pid) -> None:
     ops = json.dumps([{"op": "add", "path": "/birthDate", "value": "1980-02-03"}])
     for ctype in (FHIR, "application/json", "text/plain"):
