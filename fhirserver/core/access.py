@@ -50,6 +50,7 @@ PHI_TYPES = of_policy(Policy.COMPARTMENT)
 DIRECTORY_TYPES = of_policy(Policy.DIRECTORY)
 AUDIT_TYPES = of_policy(Policy.AUDIT)
 SYSTEM_ONLY_TYPES = of_policy(Policy.SYSTEM_ONLY)
+USER_TYPES = PHI_TYPES | DIRECTORY_TYPES | AUDIT_TYPES  # the policies that let users in at all
 # Interactions on AuditEvent other than reading are never allowed through the API.
 READ_PERMS = frozenset({"r", "s"})
 
@@ -75,7 +76,7 @@ def check_interaction(p: Principal, res_type: str, perm: str) -> None:
         raise forbidden("Only auditors may read AuditEvents")
     if p.role == "auditor" and res_type not in AUDIT_TYPES:
         raise forbidden("Auditors may read AuditEvents only")
-    if res_type not in PHI_TYPES | DIRECTORY_TYPES | AUDIT_TYPES:  # system-only, or a type without a policy
+    if res_type not in USER_TYPES:  # system-only, or a type without a policy
         raise forbidden(f"{res_type} is for system clients only")
     if p.role == "admin" and res_type in PHI_TYPES:
         raise forbidden("Administrators have no access to patient data")
@@ -358,7 +359,7 @@ def _content_in_compartment(res_type: str, res_id: str, data: dict[str, Any], pi
     from fhirserver.search.indexing import extract
 
     refs = set(_compartment_refs(res_type))
-    rows = extract(res_type, data).of("reference")
+    rows = extract(res_type, data, only=refs).of("reference")
     return any(r["param"] in refs and (r["target_type"], r["target_id"]) == ("Patient", pid) for r in rows)
 
 

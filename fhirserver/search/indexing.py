@@ -10,6 +10,7 @@ never reach the index: ``params.check_registry`` refuses any parameter over them
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,15 +44,20 @@ class IndexEntries:
         ]
 
 
-def extract(res_type: str, resource: dict[str, Any], *, server_base: str | None = None) -> IndexEntries:
+def extract(
+    res_type: str, resource: dict[str, Any], *, server_base: str | None = None, only: Collection[str] | None = None
+) -> IndexEntries:
     """The index rows ``resource`` gives, deduplicated per parameter.
 
     ``server_base`` (e.g. ``https://host/fhir``) lets absolute references to this
     server be indexed as the relative references they are; without it they are skipped.
+    ``only``: the rows of these parameters alone (an access check needs a few, not all).
     """
     ctx = Context(server_base=server_base)
     out: dict[str, list[dict[str, Any]]] = {t: [] for t in sorted(TYPES)}
     for param in indexed_params(res_type):
+        if only is not None and param.name not in only:
+            continue
         nodes = [node for path in param.paths for node in evaluate(resource, path)]
         seen: set[tuple[tuple[str, Any], ...]] = set()
         for row in handler_for(param.type).extract(nodes, param, ctx):

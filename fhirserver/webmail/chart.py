@@ -27,14 +27,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, delete, false, func, insert, or_, select, true
+from sqlalchemy import ColumnElement, and_, delete, false, insert, or_, select, true
 from sqlalchemy.orm import Session
 
 from fhirserver.core.hooks import WriteContext
 from fhirserver.core.principal import Principal
-from fhirserver.models import ChartRow, IdxDate, IdxReference, ResourceRow
+from fhirserver.models import ChartRow, ResourceRow
 from fhirserver.search.query import SearchPage, SearchRequest, clause_condition, next_cursor
-from fhirserver.webmail.mailbox import next_ids
+from fhirserver.webmail.mailbox import chunks, next_ids, references_of, sent_of
 
 SUBJECT_PARAMS = ("subject", "patient")  # both index Communication.subject (patient: Patient only)
 
@@ -64,11 +64,7 @@ def rows_of_index(message_id: str, index: Any) -> list[dict[str, Any]]:
 
 def after_communication(ctx: WriteContext) -> None:
     """The write rule that keeps the chart: the message's rows, in its transaction."""
-    if ctx.index is None:  # not reached by today's write path; kept exact all the same
-        ctx.session.flush()
-        rows = [_as_dict(k, s) for k, s in expected_rows(ctx.session, [ctx.res_id]).items()]
-    else:
-        rows = rows_of_index(ctx.res_id, ctx.index)
+    rows = rows_of_index(ctx.res_id, ctx.index)  # every write hands its index rows to the rules
     if not ctx.created:
         ctx.session.execute(delete(ChartRow).where(ChartRow.message_id == ctx.res_id))
     if rows:
@@ -79,31 +75,13 @@ def _as_dict(key: Key, sent: datetime | None) -> dict[str, Any]:
     return _rows(key[0], [key[1]], sent)[0]
 
 
-def _chunks(ids: list[str], size: int = 500) -> Iterable[list[str]]:
-    for i in range(0, len(ids), size):
-        yield ids[i : i + size]
-
-
 def expected_rows(session: Session, message_ids: list[str]) -> dict[Key, datetime | None]:
     """(message, subject) -> sent, from the messages' index rows alone (deleted ones included)."""
     out: dict[Key, datetime | None] = {}
-    for chunk in _chunks(message_ids):
-        sent: dict[str, datetime | None] = {
-            mid: high
-            for mid, high in session.execute(
-                select(IdxDate.res_id, func.max(IdxDate.high))
-                .where(IdxDate.res_type == "Communication", IdxDate.res_id.in_(chunk), (IdxDate.param + "") == "sent")
-                .group_by(IdxDate.res_id)
-            ).all()
-        }
-        for mid, ttype, tid in session.execute(
-            select(IdxReference.res_id, IdxReference.target_type, IdxReference.target_id).where(
-                IdxReference.res_type == "Communication",
-                IdxReference.res_id.in_(chunk),
-                (IdxReference.param + "") == "subject",
-            )
-        ).all():
-            out[(mid, f"{ttype}/{tid}")] = sent.get(mid)
+    for chunk in chunks(message_ids):
+        sent = sent_of(session, chunk)
+        for mid, ref in references_of(session, chunk, "subject"):
+            out[(mid, ref)] = sent.get(mid)
     return out
 
 
@@ -118,7 +96,7 @@ def check_page(session: Session, ids: list[str], *, fix: bool) -> list[Differenc
     """Compare the chart rows of these messages with the recomputed ones; ``fix`` rewrites those that differ."""
     want = expected_rows(session, ids)
     have: dict[Key, datetime | None] = {}
-    for chunk in _chunks(ids):
+    for chunk in chunks(ids):
         for mid, ref, has_sent, sent in session.execute(
             select(ChartRow.message_id, ChartRow.subject_ref, ChartRow.has_sent, ChartRow.sent).where(
                 ChartRow.message_id.in_(chunk)

@@ -97,25 +97,36 @@ def _facts(session: Session, message_ids: list[str] | None) -> dict[str, tuple[b
     ids = list(msgs)
     recipients: dict[str, list[str]] = {}
     sent: dict[str, datetime] = {}
-    for chunk in _chunks(ids):
-        for mid, ttype, tid in session.execute(
-            select(IdxReference.res_id, IdxReference.target_type, IdxReference.target_id).where(
-                IdxReference.res_type == "Communication",
-                IdxReference.res_id.in_(chunk),
-                (IdxReference.param + "") == "recipient",
-            )
-        ).all():
-            recipients.setdefault(mid, []).append(f"{ttype}/{tid}")
-        for mid, high in session.execute(
-            select(IdxDate.res_id, func.max(IdxDate.high))
-            .where(IdxDate.res_type == "Communication", IdxDate.res_id.in_(chunk), (IdxDate.param + "") == "sent")
-            .group_by(IdxDate.res_id)
-        ).all():
-            sent[mid] = high
+    for chunk in chunks(ids):
+        for mid, ref in references_of(session, chunk, "recipient"):
+            recipients.setdefault(mid, []).append(ref)
+        sent.update(sent_of(session, chunk))
     return {mid: (msgs[mid], sent[mid], sorted(set(recipients.get(mid, [])))) for mid in ids if mid in sent}
 
 
-def _chunks(ids: list[str], size: int = 500) -> Iterable[list[str]]:
+def sent_of(session: Session, message_ids: list[str]) -> dict[str, datetime]:
+    """message id -> its ``sent`` as the search sorts it (the upper bound of its range)."""
+    rows = session.execute(
+        select(IdxDate.res_id, func.max(IdxDate.high))
+        .where(IdxDate.res_type == "Communication", IdxDate.res_id.in_(message_ids), (IdxDate.param + "") == "sent")
+        .group_by(IdxDate.res_id)
+    ).all()
+    return {mid: high for mid, high in rows}
+
+
+def references_of(session: Session, message_ids: list[str], param: str) -> list[tuple[str, str]]:
+    """(message id, ``Type/id``) for each ``param`` reference of these messages."""
+    rows = session.execute(
+        select(IdxReference.res_id, IdxReference.target_type, IdxReference.target_id).where(
+            IdxReference.res_type == "Communication",
+            IdxReference.res_id.in_(message_ids),
+            (IdxReference.param + "") == param,
+        )
+    ).all()
+    return [(mid, f"{ttype}/{tid}") for mid, ttype, tid in rows]
+
+
+def chunks(ids: list[str], size: int = 500) -> Iterable[list[str]]:
     for i in range(0, len(ids), size):
         yield ids[i : i + size]
 
@@ -124,7 +135,7 @@ def _read_states(session: Session, keys: Iterable[Key]) -> dict[Key, datetime]:
     wanted = set(keys)
     out: dict[Key, datetime] = {}
     mids = sorted({m for m, _ in wanted})
-    for chunk in _chunks(mids):
+    for chunk in chunks(mids):
         for mid, uid, read_at in session.execute(
             select(ReadState.communication_id, ReadState.user_id, ReadState.read_at).where(
                 ReadState.communication_id.in_(chunk)
@@ -448,7 +459,7 @@ def check_counters(session: Session, *, fix: bool = False) -> list[Difference]:
 def _check_page(session: Session, ids: list[str], *, fix: bool) -> list[Difference]:
     want = expected_rows(session, ids)
     have: dict[Key, Expected] = {}
-    for chunk in _chunks(ids):
+    for chunk in chunks(ids):
         rows = session.execute(  # columns, not ORM objects: nothing piles up in the session
             select(
                 MailboxRow.message_id,
